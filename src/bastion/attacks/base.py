@@ -1,0 +1,237 @@
+"""The contract every attack shares, so each attack module holds only its maths.
+
+:class:`Attack` owns eval mode, the device, batching, input validation, the
+projection onto the threat model, dropping samples that are already
+misclassified, and re-checking the model's prediction on every returned
+adversarial so a reported success is real. A subclass implements one method,
+:meth:`Attack.attack_batch`, for a batch of correctly classified inputs at one eps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.errors import AttackError
+from bastion.models.loading import as_module
+from bastion.threat import ThreatModel
+
+
+@dataclass
+class AttackResult:
+    """Outcome of one attack at one eps, for every input sample."""
+
+    attack: str
+    eps: float
+    x_adv: torch.Tensor          # adversarial inputs (the clean input where none was attempted)
+    clean_correct: torch.Tensor  # bool: the model classified the clean input correctly
+    robust: torch.Tensor         # bool: still classified correctly after the attack (re-checked)
+    seconds: float
+    loss_trace: list[float] = field(default_factory=list)  # mean loss per step over the working batch
+    queries: int = 0             # model evaluations spent (forward passes, counted per sample)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item()
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust.float().mean().item()
+
+    @property
+    def success(self) -> torch.Tensor:
+        """bool: correctly classified clean, misclassified after the attack."""
+        return self.clean_correct & ~self.robust
+
+
+class Attack:
+    """Base class. Subclasses set :attr:`name` and implement :meth:`attack_batch`."""
+
+    name: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    #: "white-box" (uses gradients), "black-box" (scores only) or "transfer"; the
+    #: attack-failure indicators compare these families.
+    family: ClassVar[str] = "white-box"
+    #: Whether larger eps can only help (all eps-ball attacks); unbounded attacks set False.
+    bounded: ClassVar[bool] = True
+
+    def __init__(self, threat: ThreatModel, *, batch_size: int = 1000, seed: int = 0) -> None:
+        if not isinstance(threat, ThreatModel):
+            raise AttackError(f"{self.name}: threat must be a ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in self.norms:
+            raise AttackError(f"{self.name} does not support the {threat.norm} norm (supports {', '.join(self.norms)})")
+        if batch_size < 1:
+            raise AttackError(f"{self.name}: batch_size must be >= 1")
+        self.threat = threat
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.generator: torch.Generator | None = None
+        self._trace_sums: list[torch.Tensor] = []
+        self._trace_counts: list[int] = []
+        self._queries = 0
+
+    # ---- what subclasses implement -------------------------------------------------
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        """Return adversarial candidates for ``x`` (all correctly classified) at ``eps``."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters, for reports. Subclasses add theirs."""
+        return {"norm": self.threat.norm, "batch_size": self.batch_size, "seed": self.seed}
+
+    # ---- the contract ----------------------------------------------------------------
+    def run(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> list[AttackResult]:
+        """Attack every sample at every eps of the threat model (ascending); one result per eps.
+
+        Eps balls are nested, so a sample fooled at a smaller eps stays fooled at a larger
+        one and is not attacked again.
+        """
+        module = as_module(model)
+        device = model_device(module)
+        x, y = self._check_inputs(x, y, device)
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        was_training = module.training
+        try:
+            clean_correct = predict(module, x, self.batch_size) == y
+            robust = clean_correct.clone()
+            x_adv = x.clone()
+            results = []
+            for eps in self.threat.epsilons:
+                self._trace_sums, self._trace_counts, self._queries = [], [], 0
+                start = time.perf_counter()
+                todo = robust.nonzero().flatten()
+                if eps > 0:
+                    for chunk in todo.split(self.batch_size):
+                        xb, yb = x[chunk], y[chunk]
+                        candidate = self.attack_batch(module, xb, yb, eps).detach()
+                        candidate = self.threat.project(xb, candidate, eps)
+                        fooled = predict(module, candidate, self.batch_size) != yb
+                        x_adv[chunk] = torch.where(_expand(fooled, candidate), candidate, x_adv[chunk])
+                        robust[chunk[fooled]] = False
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                results.append(AttackResult(
+                    attack=self.name, eps=eps, x_adv=x_adv.clone(), clean_correct=clean_correct,
+                    robust=robust.clone(), seconds=time.perf_counter() - start,
+                    loss_trace=self._finish_trace(), queries=self._queries))
+            return results
+        finally:
+            if was_training:
+                module.train()
+
+    def perturb(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples at the threat model's single eps."""
+        self.threat.single  # raises for a sweep
+        return self.run(model, x, y)[0].x_adv
+
+    # ---- helpers for subclasses --------------------------------------------------------
+    def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None):
+        """Per-sample loss, its gradient w.r.t. ``x``, and the logits, in one forward+backward."""
+        loss_fn = loss_fn or ce_loss
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        self._queries += len(x)
+        return loss.detach(), grad.detach(), logits.detach()
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits without gradients (counted as queries, for score-based attacks)."""
+        with torch.no_grad():
+            out = model(x)
+        self._queries += len(x)
+        return out
+
+    def log_loss(self, step: int, loss: torch.Tensor) -> None:
+        """Record the per-sample loss at ``step`` (for the loss-trace plot and the optimisation checks)."""
+        while len(self._trace_sums) <= step:
+            self._trace_sums.append(torch.zeros((), device=loss.device))
+            self._trace_counts.append(0)
+        self._trace_sums[step] = self._trace_sums[step] + loss.detach().float().sum()
+        self._trace_counts[step] += loss.numel()
+
+    def random_start(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """A uniformly random point of the eps ball (inside the input bounds)."""
+        if self.threat.norm == "linf":
+            noise = torch.empty_like(x).uniform_(-eps, eps, generator=self.generator)
+        else:
+            direction = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            dims = x[0].numel()
+            radius = eps * torch.rand(len(x), generator=self.generator, device=x.device) ** (1.0 / dims)
+            noise = direction * radius.view(-1, *[1] * (x.dim() - 1))
+        return self.threat.project(x, x + noise, eps)
+
+    def rand(self, *shape: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator, device=device)
+
+    def randn(self, *shape: int, device: torch.device) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=device)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _finish_trace(self) -> list[float]:
+        if not self._trace_sums:
+            return []
+        sums = torch.stack(self._trace_sums).cpu()
+        return [s.item() / max(c, 1) for s, c in zip(sums, self._trace_counts)]
+
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise AttackError(f"{self.name}: x and y must be torch tensors")
+        if len(x) != len(y) or y.dim() != 1:
+            raise AttackError(f"{self.name}: x has {len(x)} samples, y has shape {tuple(y.shape)}")
+        if not x.is_floating_point():
+            raise AttackError(f"{self.name}: x must be a float tensor, got {x.dtype}")
+        x = x.to(device)
+        y = y.to(device).long()
+        if not torch.isfinite(x).all():
+            raise AttackError(f"{self.name}: x contains NaN or Inf")
+        lo, hi = self.threat.bounds
+        if len(x) and (x.min() < lo or x.max() > hi):
+            raise AttackError(f"{self.name}: x lies outside the threat model's bounds [{lo}, {hi}]")
+        return x, y
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020), untargeted; higher means closer to misclassified."""
+    sorted_logits, _ = logits.sort(dim=1)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_true = sorted_logits[:, -1] == true
+    best_other = torch.where(top_is_true, sorted_logits[:, -2], sorted_logits[:, -1])
+    return -(true - best_other) / (sorted_logits[:, -1] - sorted_logits[:, -3] + 1e-12)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes, in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]) if len(x) else \
+            torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *[1] * (like.dim() - 1))
+
+
+def lp_normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction for a gradient: sign for Linf, unit L2 vector for L2."""
+    if norm == "linf":
+        return v.sign()
+    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (v.dim() - 1))

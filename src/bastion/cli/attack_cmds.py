@@ -1,0 +1,123 @@
+"""`bastion models` and `bastion attack`."""
+
+from __future__ import annotations
+
+import io
+
+import click
+import numpy as np
+
+from bastion.cli import main
+from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
+                                seed_option, weights_option)
+from bastion.errors import UsageError
+
+
+@main.command()
+@json_option
+def models(as_json: bool) -> None:
+    """List the bundled model zoo."""
+    from bastion.models.zoo import zoo_entries, zoo_path
+
+    rows = [{"name": n, "description": d, "available": ok, "path": str(zoo_path(n))} for n, d, ok in zoo_entries()]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        mark = "" if row["available"] else "  (weights not installed)"
+        click.echo(f"{row['name']:<18} {row['description']}{mark}")
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; values parse as JSON where they can (numbers, booleans, lists), else as strings."""
+    import json
+
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def parse_eps(values: tuple[str, ...]) -> list[float]:
+    eps = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                eps.append(float(part))
+            except ValueError:
+                raise UsageError(f"--eps {value!r}: not a number (give e.g. --eps 0.3 or --eps 0.1,0.2,0.3)") from None
+    return eps
+
+
+@main.command()
+@click.option("--attack", "-a", "attack_name", required=True, help="Attack name (see --list-attacks).")
+@click.option("--eps", "-e", multiple=True, required=True, help="Perturbation budget; repeat or comma-separate for a sweep.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@model_option
+@weights_option
+@data_option
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of test samples.")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="Attack parameter, e.g. -p steps=100 (repeatable).")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write adversarial examples to this .npz file.")
+@click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
+@device_option
+@seed_option
+@json_option
+def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batch_size, out, trust_code, device,
+           seed, as_json):
+    """Run one attack and report clean and robust accuracy.
+
+    Example: bastion attack --attack pgd --eps 0.3 --model mnist-cnn --data mnist
+    """
+    from bastion.attacks import get_attack
+    from bastion.data import load_data
+    from bastion.fsutil import atomic_write_bytes
+    from bastion.models import load_model
+    from bastion.threat import ThreatModel
+
+    if n <= 0:
+        raise UsageError("--n must be positive")
+    if out and not out.endswith(".npz"):
+        raise UsageError(f"--out {out}: the output must be a .npz file")
+    dev = pick_device(device)
+    attack_cls = get_attack(attack_name)
+    loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
+    data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
+    threat = ThreatModel(norm=norm, eps=parse_eps(eps), bounds=data.bounds)
+    try:
+        attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **parse_params(params))
+    except TypeError as exc:
+        raise UsageError(f"{attack_name}: bad --param ({exc})") from None
+    results = attack_obj.run(loaded.module, data.x, data.y)
+
+    summary = {
+        "attack": attack_name, "params": attack_obj.params(), "model": loaded.source or loaded.name,
+        "data": data.name, "n": len(data), "norm": norm,
+        "clean_accuracy": results[0].clean_accuracy,
+        "results": [{"eps": r.eps, "robust_accuracy": r.robust_accuracy, "seconds": round(r.seconds, 3)}
+                    for r in results],
+    }
+    if out:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, x_adv=results[-1].x_adv.cpu().numpy(), y=data.y.numpy(),
+                            robust=np.stack([r.robust.cpu().numpy() for r in results]),
+                            eps=np.array([r.eps for r in results]))
+        atomic_write_bytes(out, buffer.getvalue())
+        summary["out"] = out
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"{attack_name} ({norm}) on {summary['model']}, {len(data)} samples of {data.name}")
+    click.echo(f"  clean accuracy   {summary['clean_accuracy']:.2%}")
+    for r in summary["results"]:
+        click.echo(f"  eps {r['eps']:<8g} robust accuracy {r['robust_accuracy']:.2%}   ({r['seconds']:.1f} s)")
+    if out:
+        click.echo(f"  adversarial examples (largest eps) written to {out}")

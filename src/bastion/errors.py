@@ -1,0 +1,66 @@
+"""Typed exceptions. The library raises these; only the CLI turns them into exit codes.
+
+Every message says what was wrong and, where it can, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class BastionError(Exception):
+    """Base class of every error bastion raises on purpose."""
+
+    #: Exit status the CLI uses for this kind of error.
+    exit_code = 2
+
+
+class UsageError(BastionError):
+    """An option or argument combination that cannot work."""
+
+
+class DataError(BastionError):
+    """A dataset that is missing, malformed, or outside its declared bounds."""
+
+
+class ModelError(BastionError):
+    """A model reference that cannot be resolved or loaded safely."""
+
+
+class ThreatModelError(BastionError):
+    """An invalid norm, eps or input bound."""
+
+
+class AttackError(BastionError):
+    """An attack that was misconfigured or cannot run on this model."""
+
+
+class ConfigError(BastionError):
+    """A malformed suite, recipe or policy file (names file, line and key where known)."""
+
+
+class CheckFailed(BastionError):
+    """A check ran and its answer is 'no': a bad signature, a denied token, a dangerous pickle.
+
+    Distinct from bad input so scripts can tell "refused" (exit 1) from "could not run" (exit 2).
+    """
+
+    exit_code = 1
+
+
+class VerificationError(CheckFailed):
+    """A signature, digest or attestation did not verify."""
+
+
+class KeyFileError(BastionError):
+    """A key file that is missing, malformed, of an unsupported type, or would be overwritten."""
+
+
+class TokenError(CheckFailed):
+    """A caller token that is malformed, forged, expired or otherwise refused."""
+
+
+class AccessDenied(CheckFailed):
+    """A policy decision that denies the request."""
+
+
+class UnsafeFileError(CheckFailed):
+    """A file that would execute code when loaded (e.g. a pickle reaching a dangerous global)."""

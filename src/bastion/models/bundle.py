@@ -1,0 +1,109 @@
+"""Model bundles: a directory with the weights (.safetensors or .pt2) and a small bastion.toml.
+
+    my-model/
+      bastion.toml          name, version, input shape, bounds, classes, architecture, training info
+      model.safetensors     weights (or model.pt2, a torch.export program)
+
+Loading never unpickles anything. The architecture is a name from
+:data:`~bastion.models.architectures.ARCHITECTURES`; a ``module:factory``
+reference imports code, so it is refused unless the caller passes ``trust_code=True``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from torch import nn
+
+from bastion.errors import ModelError
+from bastion.fsutil import atomic_path, atomic_write_text
+
+META_FILE = "bastion.toml"
+WEIGHTS_FILE = "model.safetensors"
+PROGRAM_FILE = "model.pt2"
+
+
+@dataclass
+class BundleMeta:
+    name: str
+    architecture: str
+    input_shape: list[int]
+    num_classes: int
+    version: str = "1"
+    bounds: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    classes: list[str] = field(default_factory=list)
+    format: str = "safetensors"
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            self.classes = [str(i) for i in range(self.num_classes)]
+
+
+def save_bundle(module: nn.Module, out_dir: str | Path, meta: BundleMeta) -> Path:
+    """Write ``module``'s weights and ``meta`` into ``out_dir`` (each file atomically)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"bastion.name": meta.name})
+    meta.format = "safetensors"
+    atomic_write_text(out / META_FILE, tomli_w.dumps(_drop_none(asdict(meta))))
+    return out
+
+
+def read_meta(bundle_dir: str | Path) -> BundleMeta:
+    path = Path(bundle_dir) / META_FILE
+    if not path.is_file():
+        raise ModelError(f"{bundle_dir}: not a model bundle (no {META_FILE})")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: malformed TOML ({exc})") from None
+    required = ("name", "architecture", "input_shape", "num_classes")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ModelError(f"{path}: missing key(s) {', '.join(missing)}")
+    known = set(BundleMeta.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ModelError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        meta = BundleMeta(**raw)
+        meta.input_shape = [int(d) for d in meta.input_shape]
+        meta.num_classes = int(meta.num_classes)
+        meta.bounds = [float(b) for b in meta.bounds]
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: bad value ({exc})") from None
+    if meta.format not in ("safetensors", "pt2"):
+        raise ModelError(f"{path}: format must be safetensors or pt2, got {meta.format!r}")
+    return meta
+
+
+def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False):
+    """Load a bundle as a :class:`~bastion.models.loading.LoadedModel`."""
+    from bastion.models.loading import LoadedModel, build_architecture, load_program, load_safetensors_into
+
+    bundle = Path(bundle_dir)
+    meta = read_meta(bundle)
+    if meta.format == "pt2":
+        module = load_program(bundle / PROGRAM_FILE)
+    else:
+        module = build_architecture(meta.architecture, meta.num_classes, trust_code=trust_code)
+        load_safetensors_into(module, bundle / WEIGHTS_FILE)
+    return LoadedModel(module=module, name=meta.name, input_shape=tuple(meta.input_shape),
+                       num_classes=meta.num_classes, bounds=tuple(meta.bounds), source=str(bundle), meta=meta)
+
+
+def _drop_none(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
