@@ -1,0 +1,1 @@
+"""Access control: keys, signed artifacts, attestations, safe loading, caller tokens and policies."""
