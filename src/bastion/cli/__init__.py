@@ -54,4 +54,6 @@ def main() -> None:
 
 
 # Each module registers its commands on `main`.
-from bastion.cli import artifact_cmds, attack_cmds, bench_cmds, defense_cmds, token_cmds  # noqa: E402,F401
+from bastion.cli import (  # noqa: E402,F401
+    artifact_cmds, attack_cmds, bench_cmds, defense_cmds, sanitize_cmds, token_cmds,
+)

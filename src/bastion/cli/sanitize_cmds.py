@@ -1,0 +1,1 @@
+"""CLI commands (to be filled in)."""
