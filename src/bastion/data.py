@@ -68,8 +68,7 @@ def load_data(ref: str | Path, split: str = "test", *, num_classes: int | None =
 def from_arrays(x, y, *, name: str = "arrays", num_classes: int | None = None,
                 bounds: tuple[float, float] = (0.0, 1.0)) -> Dataset:
     """Validate user arrays and turn them into a :class:`Dataset`."""
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    x, y = _as_tensor(x, name, "x"), _as_tensor(y, name, "y")
     if x.numel() == 0 or y.numel() == 0:
         raise DataError(f"{name}: dataset is empty")
     if not (x.is_floating_point() or x.dtype == torch.uint8):
@@ -105,6 +104,15 @@ def from_arrays(x, y, *, name: str = "arrays", num_classes: int | None = None,
     elif inferred > num_classes:
         raise DataError(f"{name}: label {inferred - 1} is out of range for {num_classes} classes")
     return Dataset(name, x.contiguous(), y.contiguous(), num_classes, (float(lo), float(hi)))
+
+
+def _as_tensor(values, name: str, which: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{name}: {which} must hold numbers, got numpy dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _read_npz(path: Path):
