@@ -3,7 +3,8 @@
 Importing this package registers every attack in :data:`~bastion.attacks.registry.ATTACKS`.
 """
 
-from bastion.attacks import fgsm, pgd  # noqa: F401  (registration)
+# Imported for their side effect: each module registers its attacks.
+from bastion.attacks import apgd, apgd_t, art_adapter, cw, deepfool, fab, fgsm, pgd, square  # noqa: F401
 from bastion.attacks.base import Attack, AttackResult, ce_loss, dlr_loss, predict
 from bastion.attacks.registry import ATTACKS, get_attack, register
 

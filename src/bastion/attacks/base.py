@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.errors import AttackError
-from bastion.models.loading import as_module
+from bastion.models.loading import LoadedModel, as_module
 from bastion.threat import ThreatModel
 
 
@@ -91,12 +91,12 @@ class Attack:
         Eps balls are nested, so a sample fooled at a smaller eps stays fooled at a larger
         one and is not attacked again.
         """
+        saved = _module_state(model)  # as_module() switches to eval and freezes parameters
         module = as_module(model)
         device = model_device(module)
-        x, y = self._check_inputs(x, y, device)
-        self.generator = torch.Generator(device=device).manual_seed(self.seed)
-        was_training = module.training
         try:
+            x, y = self._check_inputs(x, y, device)
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
             clean_correct = predict(module, x, self.batch_size) == y
             robust = clean_correct.clone()
             x_adv = x.clone()
@@ -109,6 +109,7 @@ class Attack:
                     for chunk in todo.split(self.batch_size):
                         xb, yb = x[chunk], y[chunk]
                         candidate = self.attack_batch(module, xb, yb, eps).detach()
+                        candidate = torch.where(torch.isfinite(candidate), candidate, xb)  # a NaN is no attack
                         candidate = self.threat.project(xb, candidate, eps)
                         fooled = predict(module, candidate, self.batch_size) != yb
                         x_adv[chunk] = torch.where(_expand(fooled, candidate), candidate, x_adv[chunk])
@@ -121,8 +122,7 @@ class Attack:
                     loss_trace=self._finish_trace(), queries=self._queries))
             return results
         finally:
-            if was_training:
-                module.train()
+            _restore_module_state(saved)
 
     def perturb(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples at the threat model's single eps."""
@@ -224,6 +224,28 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
     with torch.no_grad():
         return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]) if len(x) else \
             torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def _module_state(model: Any) -> tuple[list[tuple[nn.Module, bool]], list[tuple[torch.Tensor, bool]]]:
+    """Each submodule's train/eval mode and each parameter's requires_grad, to restore after an attack."""
+    inner = model.module if isinstance(model, LoadedModel) else model
+    if not isinstance(inner, nn.Module) and isinstance(getattr(inner, "model", None), nn.Module):
+        inner = inner.model  # an ART PyTorchClassifier
+    if not isinstance(inner, nn.Module):
+        return [], []
+    return [(m, m.training) for m in inner.modules()], [(p, p.requires_grad) for p in inner.parameters()]
+
+
+def _restore_module_state(saved) -> None:
+    modes, grads = saved
+    for module, training in modes:  # parents come first, so a child's own mode wins
+        if module.training != training:
+            try:
+                module.train(training)
+            except (NotImplementedError, RuntimeError):
+                pass  # torch.export modules refuse mode switches
+    for param, requires_grad in grads:
+        param.requires_grad_(requires_grad)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

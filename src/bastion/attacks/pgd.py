@@ -7,6 +7,7 @@ import torch
 
 from bastion.attacks.base import Attack, lp_normalize
 from bastion.attacks.registry import register
+from bastion.errors import AttackError
 
 
 @register
@@ -16,6 +17,8 @@ class PGD(Attack):
     def __init__(self, threat, *, steps: int = 40, step_size: float | None = None, restarts: int = 1,
                  random_start: bool = True, **kwargs):
         super().__init__(threat, **kwargs)
+        if int(steps) < 1 or int(restarts) < 1 or (step_size is not None and not step_size > 0):
+            raise AttackError(f"{self.name}: need steps >= 1, restarts >= 1 and step_size > 0 (or unset)")
         self.steps, self.restarts, self.use_random_start = int(steps), int(restarts), bool(random_start)
         self.step_size = step_size  # None: 2.5 * eps / steps (Madry et al.)
 

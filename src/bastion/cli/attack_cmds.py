@@ -7,6 +7,7 @@ import io
 import click
 import numpy as np
 
+from bastion.attacks import ATTACKS
 from bastion.cli import main
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
                                 seed_option, weights_option)
@@ -44,6 +45,18 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
+def accepted_params(attack_cls) -> str:
+    """The keyword parameters an attack's constructor takes, for error messages."""
+    import inspect
+
+    names = []
+    for cls in attack_cls.__mro__:
+        if "__init__" in vars(cls):
+            names += [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                      if p.kind is p.KEYWORD_ONLY and p.name not in names]
+    return ", ".join(n for n in names if n not in ("batch_size", "seed")) or "no parameters"
+
+
 def parse_eps(values: tuple[str, ...]) -> list[float]:
     eps = []
     for value in values:
@@ -56,7 +69,8 @@ def parse_eps(values: tuple[str, ...]) -> list[float]:
 
 
 @main.command()
-@click.option("--attack", "-a", "attack_name", required=True, help="Attack name (see --list-attacks).")
+@click.option("--attack", "-a", "attack_name", required=True,
+              help=f"Attack name: {', '.join(sorted(ATTACKS))} (art runs an ART class: -p attack=HopSkipJump).")
 @click.option("--eps", "-e", multiple=True, required=True, help="Perturbation budget; repeat or comma-separate for a sweep.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @model_option
@@ -75,7 +89,10 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
            seed, as_json):
     """Run one attack and report clean and robust accuracy.
 
-    Example: bastion attack --attack pgd --eps 0.3 --model mnist-cnn --data mnist
+    Example: bastion attack --attack pgd --eps 0.3 --model mnist-cnn --data mnist -p steps=100
+
+    Minimum-norm attacks (cw-l2, deepfool, fab-t) with a large eps report their
+    smallest perturbations; every attack's output is projected into the eps ball.
     """
     from bastion.attacks import get_attack
     from bastion.data import load_data
@@ -94,8 +111,9 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     threat = ThreatModel(norm=norm, eps=parse_eps(eps), bounds=data.bounds)
     try:
         attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **parse_params(params))
-    except TypeError as exc:
-        raise UsageError(f"{attack_name}: bad --param ({exc})") from None
+    except (TypeError, ValueError) as exc:  # a parameter the attack lacks, or a value of the wrong type
+        takes = accepted_params(attack_cls)
+        raise UsageError(f"{attack_name}: bad --param ({exc}); it takes {takes}") from None
     results = attack_obj.run(loaded.module, data.x, data.y)
 
     summary = {

@@ -1,0 +1,160 @@
+"""APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks"), Algorithm 1.
+
+Projected gradient ascent with momentum 0.75 whose step size starts at 2*eps and is
+halved at checkpoints w_j when the search stalls:
+
+* condition 1: the loss rose in fewer than rho * (w_j - w_{j-1}) of the steps since the
+  last checkpoint;
+* condition 2: the step size was not halved at the last checkpoint and the best loss
+  has not improved since then.
+
+After a halving the iterate restarts from the best point found so far. Checkpoints
+sit at p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions
+of the budget). Samples leave the working batch as soon as they are misclassified.
+
+:func:`apgd` is the optimiser; APGD-CE and APGD-DLR pick its loss, APGD-T (apgd_t.py)
+runs it with a targeted loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from bastion.attacks.base import Attack, ce_loss, dlr_loss, lp_normalize
+from bastion.attacks.registry import register
+from bastion.errors import AttackError
+
+#: loss(logits, y, target) -> per-sample loss to maximise; target is None for untargeted losses.
+Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+MOMENTUM = 0.75
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD decides whether to halve the step size."""
+    points, p_prev, p = [], 0.0, 0.22
+    while math.ceil(round(p * steps, 9)) < steps:  # round: 0.22 * 100 is 22.000000000000004
+        points.append(math.ceil(round(p * steps, 9)))
+        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
+    return sorted(set(points) - {0})
+
+
+def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: Loss, *,
+         steps: int, rho: float, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start.
+
+    Returns the points (the first misclassified iterate of each sample, else its point of
+    highest loss) and a bool mask of the samples that were misclassified.
+    """
+    project, norm = attack.threat.project, attack.threat.norm
+    view = (-1,) + (1,) * (x.dim() - 1)
+    out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+    def loss_of(rows):  # the loss of the working batch, whose rows of x are ``rows``
+        return lambda logits, labels: loss_fn(logits, labels, None if target is None else target[rows])
+
+    rows = torch.arange(len(x), device=x.device)
+    x_adv = attack.random_start(x, eps)
+    loss, grad, logits = attack.loss_and_grad(model, x_adv, y, loss_of(rows))
+    s = {  # per-sample state of the working batch; every entry is subset together
+        "rows": rows, "x_adv": x_adv, "x_prev": x_adv, "grad": grad, "loss": loss,
+        "x_best": x_adv, "grad_best": grad, "loss_best": loss,
+        "eta": torch.full((len(x),), 2.0 * eps, device=x.device),
+        "increases": torch.zeros(len(x), device=x.device),
+        "loss_best_at_check": loss, "halved_at_check": torch.ones(len(x), dtype=torch.bool, device=x.device),
+    }
+    s = _drop_fooled(s, logits, y, out, fooled)
+    marks, last_mark = checkpoints(steps), 0
+    for k in range(1, steps + 1):
+        if len(s["rows"]) == 0:
+            break
+        x0, a = x[s["rows"]], (MOMENTUM if k > 1 else 1.0)
+        z = project(x0, s["x_adv"] + s["eta"].view(view) * lp_normalize(s["grad"], norm), eps)
+        x_new = project(x0, s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_prev"]), eps)
+        s["x_prev"], s["x_adv"] = s["x_adv"], x_new
+        if k == steps:  # the last iterate needs a prediction and a loss, not a gradient
+            logits = attack.logits(model, x_new)
+            loss, grad = loss_of(s["rows"])(logits, y[s["rows"]]), s["grad"]
+        else:
+            loss, grad, logits = attack.loss_and_grad(model, x_new, y[s["rows"]], loss_of(s["rows"]))
+        attack.log_loss(k - 1, loss)
+        s["increases"] += (loss > s["loss"]).float()
+        s["loss"], s["grad"] = loss, grad
+        better = loss > s["loss_best"]
+        s["x_best"] = torch.where(better.view(view), x_new, s["x_best"])
+        s["grad_best"] = torch.where(better.view(view), grad, s["grad_best"])
+        s["loss_best"] = torch.where(better, loss, s["loss_best"])
+        s = _drop_fooled(s, logits, y, out, fooled)  # logits belong to s["x_adv"] until the checkpoint below
+        if marks and k == marks[0]:
+            few_increases = s["increases"] < rho * (k - last_mark)
+            stalled = ~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])
+            halve = few_increases | stalled
+            s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+            s["x_adv"] = torch.where(halve.view(view), s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(halve.view(view), s["grad_best"], s["grad"])
+            s["loss"] = torch.where(halve, s["loss_best"], s["loss"])
+            s["halved_at_check"], s["loss_best_at_check"] = halve, s["loss_best"]
+            s["increases"] = torch.zeros_like(s["increases"])
+            last_mark = marks.pop(0)
+    out[s["rows"]] = s["x_best"]
+    return out, fooled
+
+
+def _drop_fooled(s: dict, logits: torch.Tensor, y: torch.Tensor, out: torch.Tensor, fooled: torch.Tensor) -> dict:
+    """Write misclassified iterates to ``out``, mark them, and remove them from the working batch."""
+    now_fooled = logits.argmax(1) != y[s["rows"]]
+    if not now_fooled.any():
+        return s
+    out[s["rows"][now_fooled]] = s["x_adv"][now_fooled]
+    fooled[s["rows"][now_fooled]] = True
+    keep = ~now_fooled
+    return {name: value[keep] for name, value in s.items()}
+
+
+class APGD(Attack):
+    """Shared constructor and restarts; subclasses choose the loss."""
+
+    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, rho: float = 0.75, **kwargs):
+        super().__init__(threat, **kwargs)
+        if int(steps) < 1 or int(restarts) < 1:
+            raise AttackError(f"{self.name}: steps and restarts must be >= 1")
+        if not 0 < float(rho) <= 1:
+            raise AttackError(f"{self.name}: rho must be in (0, 1], got {rho}")
+        self.steps, self.restarts, self.rho = int(steps), int(restarts), float(rho)
+
+    def params(self):
+        return {**super().params(), "steps": self.steps, "restarts": self.restarts, "rho": self.rho}
+
+    def loss(self, logits, y, target):
+        raise NotImplementedError
+
+    def attack_batch(self, model, x, y, eps):
+        best = x.clone()
+        alive = torch.arange(len(x), device=x.device)
+        for _ in range(self.restarts):
+            found, fooled = apgd(self, model, x[alive], y[alive], eps, self.loss, steps=self.steps, rho=self.rho)
+            best[alive] = found
+            alive = alive[~fooled]
+            if len(alive) == 0:
+                break
+        return best
+
+
+@register
+class APGDCE(APGD):
+    name = "apgd-ce"
+
+    def loss(self, logits, y, target):
+        return ce_loss(logits, y)
+
+
+@register
+class APGDDLR(APGD):
+    name = "apgd-dlr"
+
+    def loss(self, logits, y, target):
+        return dlr_loss(logits, y)
