@@ -1,0 +1,44 @@
+"""One call for a whole benchmark: run the suite (resumable), build the report, write it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bastion.attacks.base import model_device
+from bastion.data import Dataset
+from bastion.errors import DataError
+from bastion.evaluation.report import build_report, write_report
+from bastion.evaluation.runner import BenchInputs, EventHook, data_digest, model_digest, run_suite
+from bastion.evaluation.suite import Suite
+from bastion.models.loading import LoadedModel
+
+CHECKPOINT = "checkpoint.json"
+
+
+def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str | Path | None = None,
+              seed: int = 0, resume: bool = False, batch_size: int | None = None,
+              on_event: EventHook | None = None, command: str = "") -> dict[str, Any]:
+    """Run ``suite`` on ``model`` over ``data`` and return the report.
+
+    With ``out_dir`` the run checkpoints to ``out_dir/checkpoint.json`` after every
+    attack (``resume=True`` continues from it) and writes report.json, report.md and
+    the plots there when it finishes.
+    """
+    module = model.module
+    device = model_device(module)
+    if model.input_shape and tuple(data.input_shape) != tuple(model.input_shape):
+        raise DataError(f"{data.name}: samples have shape {data.input_shape}, the model expects "
+                        f"{tuple(model.input_shape)}")
+    num_classes = model.num_classes or data.num_classes
+    inputs = BenchInputs(module, data.x.to(device), data.y.to(device), tuple(data.bounds), num_classes)
+    out = Path(out_dir) if out_dir is not None else None
+    state = run_suite(inputs, suite, seed=seed, checkpoint=out / CHECKPOINT if out else None, resume=resume,
+                      batch_size=batch_size, on_event=on_event)
+    run = {"model": {"name": model.name, "source": model.source, "sha256": model_digest(module)},
+           "data": {"name": data.name, "n": len(data), "sha256": data_digest(data.x, data.y)},
+           "device": str(device), "command": command}
+    report = build_report(state, suite, data.y, num_classes, run=run)
+    if out is not None:
+        report["files"] = {k: p.name for k, p in write_report(report, out).items()}
+    return report
