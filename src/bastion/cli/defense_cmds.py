@@ -1,1 +1,164 @@
-"""CLI commands (to be filled in)."""
+"""`bastion train`: adversarial training from a recipe, written out as a model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bastion.cli import main
+from bastion.cli.common import emit_json, json_option, quiet_option
+from bastion.defenses.training.trainer import TrainingMonitor
+from bastion.errors import UsageError
+
+
+@main.command()
+@click.option("--recipe", "-r", "recipe_ref", required=True,
+              help="Recipe name (clean, pgd-at, trades, mart, fgsm-rs, fast) or path to a .toml recipe.")
+@click.option("--data", "-d", "data_ref", default=None,
+              help="Training data: mnist (bundled 4,000-image train split), digits, or a .npz/.pt file "
+                   "with x and y. Default: the recipe's data.dataset.")
+@click.option("--model", "-m", "model_ref", default=None,
+              help="Architecture name to train from scratch, or a zoo name / bundle directory to fine-tune. "
+                   "Default: the recipe's model.architecture.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory to write (default: ./<architecture>-<recipe>).")
+@click.option("--name", default=None, help="Model name recorded in the bundle (default: the folder name).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/ (after a crash or kill).")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epoch count.")
+@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@json_option
+@quiet_option
+def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_json, quiet):
+    """Train a model with a defense recipe and write it as a bundle.
+
+    After every epoch it checks clean and robust (PGD/APGD) accuracy on held-out
+    training images and writes a checkpoint, so --resume continues a killed run.
+
+    Example: bastion train --recipe fgsm-rs --out mnist-fast
+    """
+    import dataclasses
+    import shutil
+
+    from bastion.catalog import resolve
+    from bastion.data import load_data
+    from bastion.defenses.training import load_recipe, save_trained_bundle
+    from bastion.defenses.training import train as run_training
+
+    recipe = load_recipe(resolve("defenses", recipe_ref)).with_overrides(epochs=epochs, seed=seed)
+    data = load_data(data_ref or recipe.data.dataset, "train")
+    module, architecture = _initial_model(model_ref, recipe)
+    if architecture != recipe.model.architecture:  # --model names another architecture to train from scratch
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, architecture=architecture))
+    out_dir = Path(out or f"{architecture}-{recipe.name}")
+    checkpoint_dir = out_dir.with_name(out_dir.name + ".ckpt")
+
+    show_progress = not (quiet or as_json)
+    monitor = _ProgressMonitor(recipe) if show_progress else _QuietMonitor()
+    with monitor:
+        result = run_training(recipe, data, model=module, checkpoint_dir=checkpoint_dir, resume=resume,
+                              monitor=monitor)
+    save_trained_bundle(result, out_dir, data, name=name or out_dir.name, architecture=architecture,
+                        extra={"recipe_file": str(recipe.source)})
+    # The bundle now holds the result; the checkpoint only served to survive interruptions.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    summary = {"bundle": str(out_dir), "recipe": recipe.name, "method": recipe.method, "data": data.name,
+               "architecture": architecture, "seed": recipe.recipe.seed, "epochs": recipe.optimizer.epochs,
+               "resumed_from_epoch": result.resumed_from, "metrics": result.metrics, "events": result.events}
+    if as_json:
+        emit_json(summary)
+        return
+    m = result.metrics
+    click.echo(f"trained {architecture} with {recipe.name} ({recipe.method}) on {data.name}: "
+               f"{m['epochs_run']} epochs, {m['seconds']:.0f} s ({m['cpu_seconds']:.0f} s CPU)")
+    if "holdout_robust" in m:
+        click.echo(f"  held-out check (epoch {m['weights_from_epoch']} weights): clean {m['holdout_clean']:.1%}, "
+                   f"{recipe.guard.attack}-{recipe.guard.steps} robust {m['holdout_robust']:.1%} at {recipe.threat.norm} "
+                   f"eps {recipe.threat.eps:g}")
+    for event in result.events:
+        click.echo(f"  note: {event}")
+    click.echo(f"  bundle written to {out_dir}")
+    click.echo(f"  evaluate it: bastion attack --attack pgd --eps {recipe.threat.eps:g} --model {out_dir}")
+
+
+def _initial_model(model_ref: str | None, recipe):
+    """(module or None for a fresh one, architecture name) from --model."""
+    from bastion.models import ARCHITECTURES, load_model
+    from bastion.models.bundle import BundleMeta
+
+    if model_ref is None:
+        return None, recipe.model.architecture
+    if model_ref in ARCHITECTURES:
+        return None, model_ref
+    loaded = load_model(model_ref)
+    meta = loaded.meta
+    if not isinstance(meta, BundleMeta) or meta.format != "safetensors":
+        raise UsageError(f"--model {model_ref}: training starts from an architecture name "
+                         f"({', '.join(ARCHITECTURES)}), a zoo name or a safetensors bundle directory")
+    if meta.sanitizer:
+        raise UsageError(f"--model {model_ref}: this bundle wraps the model in a sanitizer; train the bare model")
+    return loaded.module, meta.architecture
+
+
+class _QuietMonitor(TrainingMonitor):
+    """Prints nothing (for --quiet and --json)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _ProgressMonitor(_QuietMonitor):
+    """A rich progress bar on stderr: loss and accuracy per step, clean/robust held-out accuracy per epoch."""
+
+    def __init__(self, recipe) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.recipe = recipe
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  train acc {task.fields[acc]:.1%}  "
+                       "held-out clean {task.fields[clean]}  robust {task.fields[robust]}"),
+            TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = None
+        self.steps_per_epoch = 1
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def start(self, *, epochs, first_epoch, steps_per_epoch):
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.task = self.progress.add_task("train", total=epochs * steps_per_epoch,
+                                           completed=first_epoch * steps_per_epoch, epoch=f"{first_epoch + 1}/{epochs}",
+                                           loss=0.0, acc=0.0, clean="-", robust="-")
+
+    def step(self, *, epoch, loss, accuracy):
+        self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.epochs}", loss=loss, acc=accuracy)
+
+    def epoch(self, record):
+        clean = record.get("holdout_clean")
+        robust = record.get("holdout_robust")
+        fields = {}
+        line = (f"epoch {record['epoch']:>3}/{self.epochs}  eps {record['eps']:.3f}  loss {record['loss']:.3f}  "
+                f"train {record['train_accuracy']:.1%}")
+        if clean is not None:
+            fields = {"clean": f"{clean:.1%}", "robust": f"{robust:.1%}"}
+            line += f" | held-out clean {clean:.1%}  {self.recipe.guard.attack}-{self.recipe.guard.steps} {robust:.1%}"
+            if record.get("best"):
+                line += "  (best)"
+        self.progress.update(self.task, **fields)
+        self.console.print(line + f"  {record['seconds']:.0f} s", highlight=False, soft_wrap=True)
+
+    def message(self, text):
+        self.console.print(text, highlight=False, soft_wrap=True)

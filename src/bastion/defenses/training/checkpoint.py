@@ -1,0 +1,96 @@
+"""Training checkpoints: one file, written atomically after every epoch.
+
+The file holds everything a resumed run needs to continue exactly where an
+uninterrupted one would be: model and optimizer state, the schedule position
+(global step), the completed epoch, both random generators, the best weights
+seen so far and the per-epoch history. It is written with ``torch.save`` and
+read back with ``torch.load(weights_only=True)``, which only rebuilds tensors
+and plain containers, so a checkpoint cannot run code when loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bastion.errors import UsageError
+from bastion.fsutil import atomic_write_bytes
+
+CHECKPOINT_FILE = "last.pt"
+FORMAT = 1
+
+
+@dataclass
+class TrainingState:
+    """What survives between epochs (and between processes, through the checkpoint)."""
+
+    recipe_digest: str
+    seed: int
+    epoch: int = 0                 # epochs completed
+    step: int = 0                  # optimizer steps taken (the schedule's position)
+    seconds: float = 0.0           # wall time spent training so far, across resumes
+    cpu_seconds: float = 0.0
+    best_epoch: int = 0
+    best_robust: float = -1.0
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # e.g. catastrophic-overfitting restores
+    finished: bool = False
+
+
+def checkpoint_path(directory: str | Path) -> Path:
+    return Path(directory) / CHECKPOINT_FILE
+
+
+def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator) -> Path:
+    payload = {
+        "format": FORMAT,
+        "meta": json.dumps({
+            "recipe_digest": state.recipe_digest, "seed": state.seed, "epoch": state.epoch, "step": state.step,
+            "seconds": state.seconds, "cpu_seconds": state.cpu_seconds, "best_epoch": state.best_epoch,
+            "best_robust": state.best_robust, "history": state.history, "events": state.events,
+            "finished": state.finished,
+        }),
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "best_weights": state.best_weights,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = checkpoint_path(directory)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, *, recipe_digest: str, seed: int) -> TrainingState:
+    """Restore ``model``, ``optimizer`` and ``generator`` in place and return the saved state."""
+    path = checkpoint_path(directory)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(payload["meta"])
+        if payload.get("format") != FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}")
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise UsageError(f"{path}: unreadable checkpoint ({type(exc).__name__}); delete the folder "
+                         f"{Path(directory)} to start over") from None
+    if meta["recipe_digest"] != recipe_digest or meta["seed"] != seed:
+        raise UsageError(f"{path}: checkpoint was written by a different recipe or seed; use the same "
+                         f"--recipe/--seed/--epochs to resume, or delete {Path(directory)} to start over")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    return TrainingState(
+        recipe_digest=recipe_digest, seed=seed, epoch=meta["epoch"], step=meta["step"], seconds=meta["seconds"],
+        cpu_seconds=meta["cpu_seconds"], best_epoch=meta["best_epoch"], best_robust=meta["best_robust"],
+        best_weights=dict(payload["best_weights"]), history=meta["history"], events=meta["events"],
+        finished=meta["finished"])

@@ -1,0 +1,253 @@
+"""The training loop: epochs, schedule, per-epoch robust check, guard, checkpoints, bundle.
+
+:func:`train` runs a :class:`~bastion.defenses.training.recipe.Recipe` on a
+training set and returns the trained module with its history. After every
+epoch it measures clean and robust accuracy (bastion's own PGD or APGD attack) on
+a held-out slice of the training data, keeps the best weights, applies the
+catastrophic-overfitting guard, and writes a checkpoint atomically, so a run
+killed at any moment resumes from its last finished epoch and ends with the
+same weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.attacks import get_attack
+from bastion.data import Dataset
+from bastion.defenses.training.checkpoint import TrainingState, checkpoint_path, load_checkpoint, save_checkpoint
+from bastion.defenses.training.losses import batch_loss
+from bastion.defenses.training.recipe import Recipe
+from bastion.errors import ConfigError, DataError, UsageError
+from bastion.models.architectures import ARCHITECTURES
+from bastion.threat import ThreatModel
+
+
+class TrainingMonitor:
+    """Receives progress events; the CLI subclasses it to draw a progress bar. All methods optional."""
+
+    def start(self, *, epochs: int, first_epoch: int, steps_per_epoch: int) -> None: ...
+
+    def step(self, *, epoch: int, loss: float, accuracy: float) -> None: ...
+
+    def epoch(self, record: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    recipe: Recipe
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    events: list[str] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
+          resume: bool = False, monitor: TrainingMonitor | None = None) -> TrainResult:
+    """Train ``model`` (default: a fresh ``recipe.model.architecture``) on ``data`` with ``recipe``."""
+    monitor = monitor or TrainingMonitor()
+    seed = recipe.recipe.seed
+    train_set, holdout = split_holdout(data, recipe.data.holdout)
+    if recipe.guard.collapse_drop > 0 and holdout is None:
+        raise ConfigError(f"{recipe.source}: key 'guard.collapse_drop' needs held-out data: set data.holdout > 0")
+    with deterministic():
+        torch.manual_seed(seed)
+        if model is None:
+            model = ARCHITECTURES[recipe.model.architecture](num_classes=data.num_classes)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        optimizer = make_optimizer(recipe, model)
+        generator = torch.Generator().manual_seed(seed)
+        state = TrainingState(recipe_digest=recipe.digest(), seed=seed)
+        resumed_from = None
+        if checkpoint_dir is not None and checkpoint_path(checkpoint_dir).is_file():
+            if not resume:
+                raise UsageError(f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume to "
+                                 f"continue it, or delete {checkpoint_dir} to start over")
+            state = load_checkpoint(checkpoint_dir, model, optimizer, generator,
+                                    recipe_digest=state.recipe_digest, seed=seed)
+            resumed_from = state.epoch
+            monitor.message(f"resuming from the checkpoint after epoch {state.epoch} in {checkpoint_dir}")
+        elif resume:
+            monitor.message(f"no checkpoint in {checkpoint_dir}: starting from scratch")
+        _run_epochs(recipe, model, optimizer, generator, state, train_set, holdout, checkpoint_dir, monitor)
+    if recipe.guard.keep == "best" and state.best_weights:
+        model.load_state_dict(state.best_weights)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return TrainResult(model=model, recipe=recipe, history=state.history, metrics=_metrics(recipe, state),
+                       events=state.events, resumed_from=resumed_from)
+
+
+def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                state: TrainingState, train_set: Dataset, holdout: Dataset | None, checkpoint_dir, monitor) -> None:
+    settings = recipe.optimizer
+    n = len(train_set)
+    steps_per_epoch = math.ceil(n / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    monitor.start(epochs=settings.epochs, first_epoch=state.epoch, steps_per_epoch=steps_per_epoch)
+    while state.epoch < settings.epochs and not state.finished:
+        wall, cpu = time.perf_counter(), time.process_time()
+        order = torch.randperm(n, generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for batch in order.split(settings.batch_size):
+            x = random_shift(train_set.x[batch], recipe.augment.shift, generator)
+            y = train_set.y[batch]
+            eps = training_eps(recipe, state.step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(recipe, state.step, total_steps)
+            out = batch_loss(recipe, model, x, y, eps, train_set.bounds, generator)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            state.step += 1
+            loss_sum += out.loss.item() * len(y)
+            correct += (out.logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            monitor.step(epoch=state.epoch + 1, loss=loss_sum / seen, accuracy=correct / seen)
+        state.epoch += 1
+        record = {"epoch": state.epoch, "eps": round(eps, 6), "lr": optimizer.param_groups[0]["lr"],
+                  "loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if holdout is not None:
+            record.update(evaluate_holdout(recipe, model, holdout))
+            _apply_guard(recipe, model, state, record, monitor)
+        state.seconds += time.perf_counter() - wall
+        state.cpu_seconds += time.process_time() - cpu
+        record["seconds"] = round(state.seconds, 2)
+        state.history.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, state, model, optimizer, generator)
+        monitor.epoch(record)
+
+
+def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record: dict, monitor) -> None:
+    """Track the best held-out robust accuracy; on a collapse, restore the best weights and stop."""
+    robust = record["holdout_robust"]
+    drop = recipe.guard.collapse_drop
+    if drop > 0 and state.best_weights and state.best_robust - robust > drop:
+        text = (f"catastrophic overfitting at epoch {state.epoch}: held-out {recipe.guard.attack}-{recipe.guard.steps} "
+                f"accuracy fell "
+                f"from {state.best_robust:.1%} (epoch {state.best_epoch}) to {robust:.1%}; restored the epoch "
+                f"{state.best_epoch} weights and stopped")
+        model.load_state_dict(state.best_weights)
+        state.events.append(text)
+        state.finished = True
+        record["restored_epoch"] = state.best_epoch
+        monitor.message(text)
+        return
+    if robust >= state.best_robust:
+        state.best_robust, state.best_epoch = robust, state.epoch
+        state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record["best"] = True
+
+
+def evaluate_holdout(recipe: Recipe, model: nn.Module, holdout: Dataset) -> dict[str, float]:
+    """Clean and robust accuracy at the recipe's full eps, under bastion's ``guard.attack``."""
+    model.eval()
+    threat = ThreatModel(norm=recipe.threat.norm, eps=recipe.threat.eps, bounds=holdout.bounds)
+    attack = get_attack(recipe.guard.attack)(threat, steps=recipe.guard.steps, restarts=recipe.guard.restarts,
+                                             seed=recipe.recipe.seed)
+    result = attack.run(model, holdout.x, holdout.y)[0]
+    for p in model.parameters():  # the attack freezes parameters (as_module); training needs them back
+        p.requires_grad_(True)
+    return {"holdout_clean": result.clean_accuracy, "holdout_robust": result.robust_accuracy}
+
+
+def split_holdout(data: Dataset, size: int) -> tuple[Dataset, Dataset | None]:
+    """The last ``size`` samples (the bundled splits are shuffled) become the held-out check set."""
+    if size == 0:
+        return data, None
+    if size * 2 > len(data):
+        raise DataError(f"{data.name}: {len(data)} training samples cannot spare {size} for the held-out check; "
+                        "lower data.holdout in the recipe")
+    cut = len(data) - size
+    keep = Dataset(data.name, data.x[:cut], data.y[:cut], data.num_classes, data.bounds)
+    held = Dataset(f"{data.name}:holdout", data.x[cut:], data.y[cut:], data.num_classes, data.bounds)
+    return keep, held
+
+
+def training_eps(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The training radius: grows linearly from 0 over the first ``threat.ramp`` of the steps."""
+    ramp_steps = recipe.threat.ramp * total_steps
+    if ramp_steps <= 0:
+        return recipe.threat.eps
+    return recipe.threat.eps * min(1.0, (step + 1) / ramp_steps)
+
+
+def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The schedule as a pure function of the step, so resuming needs only the step count."""
+    peak = recipe.optimizer.lr
+    progress = step / max(total_steps, 1)
+    schedule = recipe.optimizer.schedule
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    # one-cycle (triangle): 0 -> peak over the first 40% of the steps, then back down to 0.
+    rise = 0.4
+    return peak * (progress / rise if progress < rise else (1 - progress) / (1 - rise))
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    settings = recipe.optimizer
+    if settings.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay, nesterov=settings.nesterov and settings.momentum > 0)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels in each direction, filling with zeros."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]   # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]   # (n, 1, 1, w)
+    batch = torch.arange(n)[:, None, None, None]
+    channels = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
+@contextmanager
+def deterministic():
+    """Ask torch for deterministic kernels while training; restore the caller's setting after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _metrics(recipe: Recipe, state: TrainingState) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    restored = recipe.guard.keep == "best" or bool(state.events)  # events = a guard restore happened
+    chosen = state.best_epoch if restored and state.best_weights else state.epoch
+    for record in state.history:
+        if record["epoch"] == chosen:
+            last = record
+    metrics = {"epochs_run": state.epoch, "weights_from_epoch": chosen, "seconds": round(state.seconds, 1),
+               "cpu_seconds": round(state.cpu_seconds, 1), "best_epoch": state.best_epoch}
+    for key in ("holdout_clean", "holdout_robust", "train_accuracy", "loss"):
+        if key in last:
+            metrics[key] = round(float(last[key]), 4)
+    if state.events:
+        metrics["events"] = list(state.events)
+    return metrics

@@ -1,0 +1,120 @@
+"""`bastion train` end to end: a loadable bundle, clear errors, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from bastion.cli import main
+from bastion.data import load_data
+from bastion.models import load_model
+from training_helpers import digits_raw
+
+
+@pytest.fixture()
+def digits_npz(tmp_path):
+    data = load_data("digits", "train").take(300)
+    path = tmp_path / "digits300.npz"
+    np.savez(path, x=data.x.numpy(), y=data.y.numpy())
+    return path
+
+
+def write_recipe(path, method="pgd-at", epochs=2):
+    raw = digits_raw(method, optimizer={"epochs": epochs}, data={"holdout": 50})
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
+
+def test_train_writes_a_bundle_that_attack_loads(tmp_path, digits_npz):
+    recipe = write_recipe(tmp_path / "r.toml")
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--data", str(digits_npz),
+                                       "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["bundle"] == str(out) and summary["metrics"]["epochs_run"] == 2
+    assert not (tmp_path / "model.ckpt").exists()  # the checkpoint is removed once the bundle is written
+
+    loaded = load_model(str(out))
+    assert loaded.name == "model" and loaded.input_shape == (1, 8, 8) and loaded.num_classes == 10
+    training = loaded.meta.training
+    assert training["method"] == "pgd-at" and training["seed"] == 0
+    assert training["settings"]["attack"]["steps"] == 3
+    assert 0 <= training["metrics"]["holdout_robust"] <= 1
+
+    attacked = CliRunner().invoke(main, ["attack", "--attack", "pgd", "--eps", "0.2", "--model", str(out),
+                                         "--data", "digits", "--n", "50", "--json"])
+    assert attacked.exit_code == 0, attacked.output
+    assert json.loads(attacked.output)["n"] == 50
+
+
+def test_train_human_output_and_shipped_recipe_name(tmp_path):
+    out = tmp_path / "fast"
+    result = CliRunner().invoke(main, ["train", "--recipe", "fgsm-rs", "--model", "digits-cnn", "--data",
+                                       "digits", "--out", str(out), "--epochs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "trained digits-cnn with fgsm-rs" in result.output
+    assert "held-out check" in result.output and "apgd-ce-20 robust" in result.output
+    assert f"bastion attack --attack pgd --eps 0.3 --model {out}" in result.output
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--recipe", "no-such-recipe"], "no defenses file named"),
+    (["--recipe", "BAD"], "unknown key 'optimizer.speed'"),
+    (["--recipe", "GOOD", "--epochs", "0"], "--epochs must be >= 1"),
+    (["--recipe", "GOOD", "--model", "nonexistent-model"], "unknown model"),
+    (["--recipe", "GOOD", "--data", "missing.npz"], "no such file"),
+])
+def test_bad_input_is_one_line_error(tmp_path, args, expected):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[recipe]\nmethod = 'clean'\n[optimizer]\nspeed = 3\n")
+    good = write_recipe(tmp_path / "good.toml")
+    args = [str(bad) if a == "BAD" else str(good) if a == "GOOD" else a for a in args]
+    result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, digits_npz):
+    recipe = write_recipe(tmp_path / "r.toml", method="fgsm-rs", epochs=12)
+    common = ["train", "--recipe", str(recipe), "--data", str(digits_npz), "--quiet"]
+
+    whole = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+
+    out = tmp_path / "killed"
+    checkpoint = tmp_path / "killed.ckpt" / "last.pt"
+    # Same thread count as this process (conftest: 1): float sums depend on how work is split.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", *common,
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, "training finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert checkpoint.exists() and not (out / "model.safetensors").exists()
+
+    resumed = CliRunner().invoke(main, [*common, "--out", str(out), "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.output)
+    assert 1 <= summary["resumed_from_epoch"] < 12 and summary["metrics"]["epochs_run"] == 12
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
