@@ -38,6 +38,9 @@ class BundleMeta:
     classes: list[str] = field(default_factory=list)
     format: str = "safetensors"
     training: dict[str, Any] = field(default_factory=dict)
+    #: A sanitize recipe (see bastion.defenses.sanitizer); when set, loading wraps the
+    #: model in a SanitizedModel, so attacks and benches evaluate model + sanitiser.
+    sanitizer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -97,6 +100,10 @@ def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False):
     else:
         module = build_architecture(meta.architecture, meta.num_classes, trust_code=trust_code)
         load_safetensors_into(module, bundle / WEIGHTS_FILE)
+    if meta.sanitizer:
+        from bastion.defenses.sanitizer import SanitizedModel, sanitizer_from_dict
+
+        module = SanitizedModel(module, sanitizer_from_dict(meta.sanitizer, f"{bundle / META_FILE}: sanitizer"))
     return LoadedModel(module=module, name=meta.name, input_shape=tuple(meta.input_shape),
                        num_classes=meta.num_classes, bounds=tuple(meta.bounds), source=str(bundle), meta=meta)
 

@@ -15,6 +15,7 @@ ZOO_DIR = Path(str(resources.files("bastion.models").joinpath("zoo")))
 ZOO: dict[str, str] = {
     "mnist-cnn": "MNIST CNN, standard training on the bundled 4,000-image train split",
     "mnist-cnn-robust": "MNIST CNN, adversarially trained (Linf eps 0.3) on the bundled train split",
+    "mnist-cnn-gaussian": "MNIST CNN, trained on Gaussian noise (sigma 0.25) for randomized smoothing (certify)",
 }
 
 DEFAULT_MODEL = "mnist-cnn"
