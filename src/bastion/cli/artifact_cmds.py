@@ -1,1 +1,234 @@
-"""CLI commands (to be filled in)."""
+"""`bastion keygen`, `sign`, `verify`, `attest` and `scan`: signed model artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from bastion.cli import main
+from bastion.cli.common import emit_json, json_option
+from bastion.errors import KeyFileError, UsageError
+
+PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
+HASH_CHOICES = click.Choice(["sha256", "blake2b", "blake3"])
+hash_option = click.option("--hash", "hash_type", type=HASH_CHOICES, default="sha256", show_default=True,
+                           help="Per-file hash. blake3 is the fast mode (model_signing's Python API verifies it; "
+                                "its command line verifies only sha256).")
+workers_option = click.option("--workers", type=click.IntRange(1, 64), default=None,
+                              help="Threads hashing files in parallel (default: one per core).")
+
+
+def _passphrase_for_new_key(encrypt: bool) -> bytes | None:
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env.encode()
+    if not encrypt:
+        return None
+    try:
+        value = click.prompt("Passphrase for the new key", hide_input=True, confirmation_prompt=True,
+                             err=True, default="", show_default=False)
+    except click.exceptions.Abort:
+        raise UsageError(f"--encrypt: no passphrase was given (set {PASSPHRASE_ENV} or run interactively)") from None
+    if not value:
+        raise UsageError(f"--encrypt: the passphrase is empty (type one, or set {PASSPHRASE_ENV})")
+    return value.encode()
+
+
+def load_signing_key(path: str):
+    """A private key, asking for its passphrase (environment, else prompt) only if it is encrypted."""
+    from bastion.access.keys import load_private_key
+
+    p = Path(path)
+    encrypted = p.is_file() and p.stat().st_size < 65536 and b"ENCRYPTED" in p.read_bytes()
+    passphrase = None
+    if encrypted:
+        from_env = os.environ.get(PASSPHRASE_ENV)
+        try:
+            passphrase = (from_env or click.prompt(f"Passphrase for {path}", hide_input=True, err=True)).encode()
+        except click.exceptions.Abort:
+            raise KeyFileError(f"{path}: the key is encrypted and no passphrase was given "
+                               f"(set {PASSPHRASE_ENV} or run interactively)") from None
+    key = load_private_key(path, passphrase=passphrase)
+    if not hasattr(key, "curve"):
+        raise KeyFileError(f"{path}: model signatures need an ECDSA key (P-256/P-384/P-521); "
+                           "make one with `bastion keygen`")
+    return key
+
+
+@main.command()
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Private key file; KEY.pub is written beside it.")
+@click.option("--type", "key_type", type=click.Choice(["ec-p256", "ec-p384", "ec-p521"]), default="ec-p256",
+              show_default=True, help="ECDSA curve (the OpenSSF model-signing format accepts these).")
+@click.option("--encrypt", is_flag=True,
+              help=f"Encrypt the private key with a passphrase from ${PASSPHRASE_ENV} or a prompt (never an argument).")
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+@json_option
+def keygen(out, key_type, encrypt, force, as_json):
+    """Write a signing key pair: KEY (private, mode 0600) and KEY.pub.
+
+    Example: bastion keygen --out release.key
+    """
+    from bastion.access.envelope import key_hint
+    from bastion.access.keys import generate_private_key, write_keypair
+
+    target = Path(out)
+    if not force:  # check before prompting for a passphrase
+        for existing in (target, target.with_name(target.name + ".pub")):
+            if existing.exists():
+                raise KeyFileError(f"{existing} exists; refusing to overwrite (pass --force to replace it)")
+    passphrase = _passphrase_for_new_key(encrypt)
+    key = generate_private_key(key_type)
+    key_path, pub_path = write_keypair(target, key, passphrase=passphrase, force=force)
+    summary = {"private_key": str(key_path), "public_key": str(pub_path), "type": key_type,
+               "encrypted": passphrase is not None, "key_hint": key_hint(key.public_key())}
+    if as_json:
+        emit_json(summary)
+        return
+    how = f"encrypted with the passphrase from {PASSPHRASE_ENV}" if passphrase and os.environ.get(PASSPHRASE_ENV) \
+        else ("encrypted" if passphrase else "not encrypted")
+    click.echo(f"wrote {key_path} (private, mode 0600, {how}) and {pub_path} ({key_type})")
+    click.echo(f"  key hint {summary['key_hint']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (PEM).")
+@click.option("--signature", "-s", type=click.Path(dir_okay=False),
+              help="Signature file [default: PATH/model.sig for a directory, PATH.sig for a file].")
+@hash_option
+@workers_option
+@json_option
+def sign(path, key_path, signature, hash_type, workers, as_json):
+    """Sign a model file or directory (OpenSSF model-signing format, "key" method).
+
+    Example: bastion sign my-model/ --key release.key
+    """
+    from bastion.access.signing import sign_model
+
+    result = sign_model(path, load_signing_key(key_path), signature=signature, hash_type=hash_type, workers=workers)
+    summary = {"model": str(result.model), "signature": str(result.signature), "files": result.files,
+               "hash_type": result.hash_type, "model_digest": result.root_digest,
+               "ignored": list(result.ignore_paths)}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"signed {result.model} ({result.files} files, {result.hash_type}) -> {result.signature}")
+    click.echo(f"  model digest sha256:{result.root_digest}")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="The signer's public key (PEM).")
+@click.option("--signature", "-s", type=click.Path(dir_okay=False),
+              help="Signature file [default: PATH/model.sig for a directory, PATH.sig for a file].")
+@click.option("--attestation", "-a", type=click.Path(dir_okay=False),
+              help="Also verify this robustness attestation (made by `bastion attest`).")
+@click.option("--attestation-key", type=click.Path(dir_okay=False),
+              help="The evaluator's public key, if not the signer's.")
+@click.option("--require", "-r", "requirement", metavar="EXPR",
+              help='Require attested results, e.g. "robust_accuracy>=0.8 and flags==0" (implies an attestation).')
+@workers_option
+@json_option
+def verify(path, key_path, signature, attestation, attestation_key, requirement, workers, as_json):
+    """Verify a model against its signature (and optionally a robustness attestation). Exit 1 if it fails.
+
+    Example: bastion verify my-model/ --key release.key.pub --require "robust_accuracy>=0.8"
+    """
+    from bastion.access.attestation import default_attestation_path, verify_attestation
+    from bastion.access.keys import load_public_key
+    from bastion.access.requirements import parse_requirement
+    from bastion.access.signing import verify_model
+
+    if requirement is not None:
+        parse_requirement(requirement)
+    public_key = load_public_key(key_path)
+    evaluator_key = load_public_key(attestation_key) if attestation_key else public_key
+    result = verify_model(path, public_key, signature=signature, workers=workers)
+    summary = {"verified": True, "model": str(result.model), "signature": str(result.signature),
+               "files": result.files, "hash_type": result.hash_type, "model_digest": result.root_digest}
+    attested = None
+    if attestation or requirement:
+        att_path = attestation or default_attestation_path(path)
+        attested = verify_attestation(path, evaluator_key, att_path, require=requirement, signed=result,
+                                      workers=workers)
+        summary["attestation"] = {"file": str(attested.attestation), "evaluation": attested.evaluation,
+                                  "requirements_met": list(attested.requirements_met)}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"OK: {result.model} matches {result.signature} ({result.files} files, {result.hash_type}), "
+               f"signed by {key_path}")
+    if attested is not None:
+        ev = attested.evaluation
+        worst = min(e["accuracy"] for e in ev["robust_accuracy"])
+        click.echo(f"OK: {attested.attestation} attests this model: clean {ev['clean_accuracy']:.2%}, "
+                   f"worst robust {worst:.2%} on {ev['n']} samples" + (f" ({ev['suite']})" if ev["suite"] else ""))
+        for clause in attested.requirements_met:
+            click.echo(f"  requirement met: {clause}")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--report", required=True, type=click.Path(dir_okay=False),
+              help="Benchmark report (report.json from `bastion bench`).")
+@click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False), help="Evaluator's private key.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Attestation file [default: PATH/robustness.att.json, or PATH.att.json for a file].")
+@hash_option
+@workers_option
+@json_option
+def attest(path, report, key_path, out, hash_type, workers, as_json):
+    """Sign a robustness attestation: this model's digest scored this report.
+
+    Example: bastion attest my-model/ --report runs/report.json --key eval.key
+    """
+    from bastion.access.attestation import attest_model, read_report
+
+    private_key = load_signing_key(key_path)
+    result = attest_model(path, read_report(report), private_key, out=out, hash_type=hash_type,
+                          report_source=str(report), workers=workers)
+    ev = result.evaluation
+    summary = {"model": str(result.model), "attestation": str(result.attestation), "model_digest": result.root_digest,
+               "hash_type": result.hash_type, "evaluation": ev}
+    if as_json:
+        emit_json(summary)
+        return
+    worst = min(e["accuracy"] for e in ev["robust_accuracy"])
+    click.echo(f"attested {result.model} -> {result.attestation}")
+    click.echo(f"  model digest sha256:{result.root_digest}; clean {ev['clean_accuracy']:.2%}, worst robust "
+               f"{worst:.2%} on {ev['n']} samples; {len(ev['flags'])} attack-failure flag(s)")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@json_option
+def scan(paths, as_json):
+    """Scan pickle-based files (.pt .pth .bin .pkl .ckpt, raw or torch zip) for code they would run.
+
+    Exit status: 0 clean, 1 something dangerous found, 2 a file could not be read.
+    """
+    from bastion.access.pickle_scan import scan_path
+
+    results = [r for p in paths for r in scan_path(p)]
+    findings = [f for r in results for f in r.findings]
+    errors = [r for r in results if r.error]
+    if as_json:
+        emit_json({"files": [r.to_dict() for r in results], "findings": len(findings), "errors": len(errors)})
+    else:
+        for r in results:
+            if r.error:
+                click.echo(f"{r.file}: cannot scan: {r.error}", err=True)
+            for f in r.findings:
+                click.echo(f"{f.location}: {f.global_name} ({f.opcode}): {f.reason}")
+            if not r.findings and not r.error:
+                click.echo(f"{r.file}: clean" + (f" ({r.note})" if r.note else f" ({r.pickles} pickle(s))"))
+        if not results:
+            click.echo("no pickle-based files found", err=True)
+        click.echo(f"{len(results)} file(s) scanned, {len(findings)} finding(s), {len(errors)} unreadable")
+    if errors:
+        raise click.exceptions.Exit(2)
+    if findings:
+        raise click.exceptions.Exit(1)
