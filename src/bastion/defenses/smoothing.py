@@ -73,12 +73,7 @@ def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = 100, s
             seed: int = 0, progress=None) -> Certification:
     """Cohen et al.'s CERTIFY for every input in ``x`` (N, C, H, W)."""
     _check(sigma, n0, samples, alpha)
-    device = _device(model, x)
-    x = x.to(device)
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[1]
-    generator = torch.Generator(device=device).manual_seed(seed)
+    x, num_classes, generator = _prepare(model, x, num_classes, seed)
     predictions, radii, lowers = [], [], []
     for i in range(len(x)):
         selection = sample_counts(model, x[i], sigma, n0, num_classes=num_classes, batch_size=batch_size,
@@ -104,12 +99,7 @@ def predict_smoothed(model: nn.Module, x: torch.Tensor, *, sigma: float, samples
     """Cohen et al.'s PREDICT: the top class, or ABSTAIN when a two-sided binomial test cannot
     tell it from the runner-up at level alpha (so a wrong answer has probability <= alpha)."""
     _check(sigma, 1, samples, alpha)
-    device = _device(model, x)
-    x = x.to(device)
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[1]
-    generator = torch.Generator(device=device).manual_seed(seed)
+    x, num_classes, generator = _prepare(model, x, num_classes, seed)
     out = []
     for i in range(len(x)):
         counts = sample_counts(model, x[i], sigma, samples, num_classes=num_classes, batch_size=batch_size,
@@ -128,6 +118,16 @@ def _check(sigma: float, n0: int, samples: int, alpha: float) -> None:
         raise UsageError(f"--n0 and --samples must be >= 1, got {n0} and {samples}")
     if not 0 < alpha < 0.5:
         raise UsageError(f"--alpha must be in (0, 0.5), got {alpha}")
+
+
+def _prepare(model: nn.Module, x: torch.Tensor, num_classes: int | None, seed: int):
+    """Inputs on the model's device, the class count (asked of the model if not given), a seeded generator."""
+    device = _device(model, x)
+    x = x.to(device)
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+    return x, num_classes, torch.Generator(device=device).manual_seed(seed)
 
 
 def _device(model: nn.Module, x: torch.Tensor) -> torch.device:

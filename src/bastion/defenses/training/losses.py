@@ -43,13 +43,11 @@ def batch_loss(recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tenso
         model.train()
         logits = model(x)
         return BatchLoss(F.cross_entropy(logits, y), logits.detach())
-    if method == "pgd-at":
-        x_adv = pgd_inner(model, x, y, threat, recipe, generator, objective="ce")
-        model.train()
-        logits = model(x_adv)
-        return BatchLoss(F.cross_entropy(logits, y), logits.detach())
-    if method == "fgsm-rs":
-        x_adv = fgsm_rs_inner(model, x, y, threat, recipe, generator)
+    if method in ("pgd-at", "fgsm-rs"):  # both: cross-entropy on the inner attack's examples
+        if method == "pgd-at":
+            x_adv = pgd_inner(model, x, y, threat, recipe, generator, objective="ce")
+        else:
+            x_adv = fgsm_rs_inner(model, x, y, threat, recipe, generator)
         model.train()
         logits = model(x_adv)
         return BatchLoss(F.cross_entropy(logits, y), logits.detach())
