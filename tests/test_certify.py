@@ -103,22 +103,29 @@ def test_deterministic_under_seed_and_rejects_bad_settings():
     assert not math.isnan(float(a.p_lower.sum()))
 
 
-def test_gaussian_recipe_loads_trains_and_fails_clearly(tmp_path):
+def test_gaussian_recipe_trains_through_the_trainer_and_fails_clearly(tmp_path):
+    from bastion.catalog import resolve
     from bastion.data import load_data
-    from bastion.defenses.noise_training import load_noise_recipe, noisy_accuracy, train_with_noise
+    from bastion.defenses.training import load_recipe, train
     from bastion.errors import ConfigError
 
-    recipe = load_noise_recipe("gaussian-0.25")
-    assert (recipe.sigma, recipe.architecture, recipe.optimizer) == (0.25, "mnist-cnn", "adam")
-    train = load_data("digits", "train")  # small and fast; needs its own architecture
-    model, metrics = train_with_noise(dataclasses.replace(recipe, architecture="digits-cnn"), train, epochs=3)
+    recipe = load_recipe(resolve("defenses", "gaussian-0.25"))
+    assert (recipe.method, recipe.noise.sigma, recipe.model.architecture) == ("gaussian", 0.25, "mnist-cnn")
+    small = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, architecture="digits-cnn"),
+                                data=dataclasses.replace(recipe.data, holdout=100),
+                                optimizer=dataclasses.replace(recipe.optimizer, epochs=3))
+    result = train(small, load_data("digits", "train"))  # small and fast; needs its own architecture
+    assert result.metrics["holdout_noisy"] > 0.5  # far above chance (0.1) after three short epochs
     test = load_data("digits", "test")
-    assert noisy_accuracy(model, test, 0.25) > 0.5  # far above chance (0.1) after three short epochs
+    noise = 0.25 * torch.randn(test.x.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (result.model(test.x + noise).argmax(1) == test.y).float().mean() > 0.5
     for text, message in [("[noise]\nsigma = -1\n[recipe]\nmethod = \"gaussian\"", "'noise.sigma' must be > 0"),
-                          ("[recipe]\nmethod = \"pgd-at\"", "'recipe.method' must be \"gaussian\""),
-                          ("[noise]\nsigma = \"big\"", "'noise.sigma' must be float"),
-                          ("[optimiser]\nlr = 1", "unknown section 'optimiser'")]:
+                          ("[recipe]\nmethod = \"gauss\"", "'recipe.method' must be one of"),
+                          ("[recipe]\nmethod = \"gaussian\"\n[noise]\nsigma = \"big\"",
+                           "'noise.sigma' must be a number"),
+                          ("[recipe]\nmethod = \"gaussian\"\n[optimiser]\nlr = 1", "unknown section 'optimiser'")]:
         path = tmp_path / "g.toml"
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
-            load_noise_recipe(path)
+            load_recipe(path)

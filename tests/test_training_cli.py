@@ -65,7 +65,25 @@ def test_train_human_output_and_shipped_recipe_name(tmp_path):
     assert result.exit_code == 0, result.output
     assert "trained digits-cnn with fgsm-rs" in result.output
     assert "held-out check" in result.output and "apgd-ce-20 robust" in result.output
-    assert f"bastion attack --attack pgd --eps 0.3 --model {out}" in result.output
+    assert f"bastion bench --model {out} --eps 0.3" in result.output
+
+
+def test_train_gaussian_recipe_from_the_cli_then_certify(tmp_path):
+    out = tmp_path / "noisy"
+    result = CliRunner().invoke(main, ["train", "--recipe", "gaussian-0.25", "--model", "digits-cnn", "--data",
+                                       "digits", "--out", str(out), "--epochs", "5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "trained digits-cnn with gaussian-0.25 (gaussian)" in result.output
+    assert "under noise sigma 0.25" in result.output
+    assert f"bastion certify --model {out} --sigma 0.25" in result.output
+    training = load_model(str(out)).meta.training
+    assert training["method"] == "gaussian" and training["settings"]["noise"]["sigma"] == 0.25
+    assert 0.5 < training["metrics"]["holdout_noisy"] <= 1
+
+    certified = CliRunner().invoke(main, ["certify", "--model", str(out), "--data", "digits", "--sigma", "0.25",
+                                          "--n", "10", "--samples", "200", "--json"])
+    assert certified.exit_code == 0, certified.output
+    assert json.loads(certified.output)["n"] == 10
 
 
 @pytest.mark.parametrize("args,expected", [

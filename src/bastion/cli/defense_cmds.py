@@ -8,13 +8,14 @@ import click
 
 from bastion.cli import main
 from bastion.cli.common import emit_json, json_option, quiet_option
-from bastion.defenses.training.trainer import TrainingMonitor
+from bastion.defenses.training.trainer import TrainingMonitor, holdout_key, holdout_label
 from bastion.errors import UsageError
 
 
 @main.command()
 @click.option("--recipe", "-r", "recipe_ref", required=True,
-              help="Recipe name (clean, pgd-at, trades, mart, fgsm-rs, fast) or path to a .toml recipe.")
+              help="Recipe name (clean, pgd-at, trades, mart, fgsm-rs, fast, gaussian-0.25, gaussian-0.5) "
+                   "or path to a .toml recipe.")
 @click.option("--data", "-d", "data_ref", default=None,
               help="Training data: mnist (bundled 4,000-image train split), digits, or a .npz/.pt file "
                    "with x and y. Default: the recipe's data.dataset.")
@@ -59,7 +60,7 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_j
         result = run_training(recipe, data, model=module, checkpoint_dir=checkpoint_dir, resume=resume,
                               monitor=monitor)
     save_trained_bundle(result, out_dir, data, name=name or out_dir.name, architecture=architecture,
-                        extra={"recipe_file": str(recipe.source)})
+                        extra={"recipe_file": _display_path(recipe.source)})
     # The bundle now holds the result; the checkpoint only served to survive interruptions.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -72,14 +73,28 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_j
     m = result.metrics
     click.echo(f"trained {architecture} with {recipe.name} ({recipe.method}) on {data.name}: "
                f"{m['epochs_run']} epochs, {m['seconds']:.0f} s ({m['cpu_seconds']:.0f} s CPU)")
-    if "holdout_robust" in m:
+    if "holdout_noisy" in m:
+        click.echo(f"  held-out check (epoch {m['weights_from_epoch']} weights): clean {m['holdout_clean']:.1%}, "
+                   f"under noise sigma {recipe.noise.sigma:g} {m['holdout_noisy']:.1%}")
+    elif "holdout_robust" in m:
         click.echo(f"  held-out check (epoch {m['weights_from_epoch']} weights): clean {m['holdout_clean']:.1%}, "
                    f"{recipe.guard.attack}-{recipe.guard.steps} robust {m['holdout_robust']:.1%} at {recipe.threat.norm} "
                    f"eps {recipe.threat.eps:g}")
     for event in result.events:
         click.echo(f"  note: {event}")
     click.echo(f"  bundle written to {out_dir}")
-    click.echo(f"  evaluate it: bastion attack --attack pgd --eps {recipe.threat.eps:g} --model {out_dir}")
+    if recipe.method == "gaussian":
+        click.echo(f"  certify it: bastion certify --model {out_dir} --sigma {recipe.noise.sigma:g}")
+    else:
+        click.echo(f"  evaluate it: bastion bench --model {out_dir} --eps {recipe.threat.eps:g}")
+
+
+def _display_path(path: str) -> str:
+    """A recipe's path relative to the working directory where it lies inside it (bundles get shared)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _initial_model(model_ref: str | None, recipe):
@@ -148,13 +163,14 @@ class _ProgressMonitor(_QuietMonitor):
 
     def epoch(self, record):
         clean = record.get("holdout_clean")
-        robust = record.get("holdout_robust")
+        robust = record.get(holdout_key(self.recipe))
         fields = {}
-        line = (f"epoch {record['epoch']:>3}/{self.epochs}  eps {record['eps']:.3f}  loss {record['loss']:.3f}  "
+        radius = "" if self.recipe.method in ("clean", "gaussian") else f"eps {record['eps']:.3f}  "
+        line = (f"epoch {record['epoch']:>3}/{self.epochs}  {radius}loss {record['loss']:.3f}  "
                 f"train {record['train_accuracy']:.1%}")
         if clean is not None:
             fields = {"clean": f"{clean:.1%}", "robust": f"{robust:.1%}"}
-            line += f" | held-out clean {clean:.1%}  {self.recipe.guard.attack}-{self.recipe.guard.steps} {robust:.1%}"
+            line += f" | held-out clean {clean:.1%}  {holdout_label(self.recipe)} {robust:.1%}"
             if record.get("best"):
                 line += "  (best)"
         self.progress.update(self.task, **fields)

@@ -11,6 +11,8 @@ attacks.
 - TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p(clean) || p(adv)), adv maximising the KL.
 - MART (Wang et al. 2020): boosted CE on the adversarial example + beta * KL weighted by
   (1 - p_true(clean)), so misclassified clean samples weigh more.
+- Gaussian augmentation (Cohen et al. 2019): cross-entropy on ``x + N(0, sigma^2 I)``, the
+  base model randomized smoothing certifies (no attack, so the threat's eps plays no part).
 - FGSM-RS (Wong et al. 2020): one signed step of size ``step_size * eps`` from a uniform
   random start; with ``noise = 2, clip = false`` it is N-FGSM (de Jorge et al. 2022).
 """
@@ -39,6 +41,10 @@ def batch_loss(recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     """The recipe's objective on one batch at training radius ``eps``; leaves ``model`` in train mode."""
     threat = ThreatModel(norm=recipe.threat.norm, eps=max(eps, 0.0), bounds=bounds)
     method = recipe.method
+    if method == "gaussian":
+        model.train()
+        logits = model(x + recipe.noise.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype))
+        return BatchLoss(F.cross_entropy(logits, y), logits.detach())
     if method == "clean" or eps <= 0:
         model.train()
         logits = model(x)

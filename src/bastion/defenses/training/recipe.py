@@ -16,6 +16,7 @@ Layout (every key optional except ``recipe.method``)::
     [optimizer]  name, lr, momentum, weight_decay, nesterov, schedule, epochs, batch_size
     [augment]    shift
     [guard]      attack, steps, restarts, collapse_drop, keep
+    [noise]      sigma                                            (gaussian: the training noise)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from bastion.errors import ConfigError
 
 #: Training objectives bastion implements (see :mod:`bastion.defenses.training.losses`).
-METHODS = ("clean", "pgd-at", "trades", "mart", "fgsm-rs")
+METHODS = ("clean", "pgd-at", "trades", "mart", "fgsm-rs", "gaussian")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "one-cycle", "cosine")
 KEEP = ("last", "best")
@@ -153,6 +154,14 @@ class GuardSection:
 
 
 @dataclass(frozen=True)
+class NoiseSection:
+    sigma: float = 0.25  # gaussian: train on x + N(0, sigma^2 I), the noise `bastion certify --sigma` samples
+
+    def check(self) -> None:
+        _require(self.sigma > 0, "sigma", f"must be > 0, got {self.sigma}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     recipe: RecipeInfo
     model: ModelSection = field(default_factory=ModelSection)
@@ -163,6 +172,7 @@ class Recipe:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     guard: GuardSection = field(default_factory=GuardSection)
+    noise: NoiseSection = field(default_factory=NoiseSection)
     source: str = field(default="<dict>", compare=False)
 
     @property
@@ -199,7 +209,7 @@ class Recipe:
 SECTIONS: dict[str, type] = {
     "recipe": RecipeInfo, "model": ModelSection, "data": DataSection, "threat": ThreatSection,
     "attack": AttackSection, "loss": LossSection, "optimizer": OptimizerSection, "augment": AugmentSection,
-    "guard": GuardSection,
+    "guard": GuardSection, "noise": NoiseSection,
 }
 
 

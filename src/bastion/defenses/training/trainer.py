@@ -135,11 +135,10 @@ def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record: dict, monitor) -> None:
     """Track the best held-out robust accuracy; on a collapse, restore the best weights and stop."""
-    robust = record["holdout_robust"]
+    robust = record[holdout_key(recipe)]
     drop = recipe.guard.collapse_drop
     if drop > 0 and state.best_weights and state.best_robust - robust > drop:
-        text = (f"catastrophic overfitting at epoch {state.epoch}: held-out {recipe.guard.attack}-{recipe.guard.steps} "
-                f"accuracy fell "
+        text = (f"catastrophic overfitting at epoch {state.epoch}: held-out {holdout_label(recipe)} accuracy fell "
                 f"from {state.best_robust:.1%} (epoch {state.best_epoch}) to {robust:.1%}; restored the epoch "
                 f"{state.best_epoch} weights and stopped")
         model.load_state_dict(state.best_weights)
@@ -154,9 +153,28 @@ def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record:
         record["best"] = True
 
 
+def holdout_key(recipe: Recipe) -> str:
+    """The held-out figure the guard tracks: accuracy under noise for Gaussian training, else robust accuracy."""
+    return "holdout_noisy" if recipe.method == "gaussian" else "holdout_robust"
+
+
+def holdout_label(recipe: Recipe) -> str:
+    """How that figure was measured, for messages: 'apgd-ce-20' or 'noise sigma 0.25'."""
+    if recipe.method == "gaussian":
+        return f"noise sigma {recipe.noise.sigma:g}"
+    return f"{recipe.guard.attack}-{recipe.guard.steps}"
+
+
 def evaluate_holdout(recipe: Recipe, model: nn.Module, holdout: Dataset) -> dict[str, float]:
-    """Clean and robust accuracy at the recipe's full eps, under bastion's ``guard.attack``."""
+    """Clean accuracy, and robust accuracy at the recipe's full eps under bastion's ``guard.attack``
+    (for Gaussian training: accuracy on one noisy copy of each held-out image, with a fixed seed)."""
     model.eval()
+    if recipe.method == "gaussian":
+        noise = torch.randn(holdout.x.shape, generator=torch.Generator().manual_seed(recipe.recipe.seed))
+        with torch.no_grad():
+            clean = (model(holdout.x).argmax(1) == holdout.y).float().mean().item()
+            noisy = (model(holdout.x + recipe.noise.sigma * noise).argmax(1) == holdout.y).float().mean().item()
+        return {"holdout_clean": clean, "holdout_noisy": noisy}
     threat = ThreatModel(norm=recipe.threat.norm, eps=recipe.threat.eps, bounds=holdout.bounds)
     attack = get_attack(recipe.guard.attack)(threat, steps=recipe.guard.steps, restarts=recipe.guard.restarts,
                                              seed=recipe.recipe.seed)
@@ -245,7 +263,7 @@ def _metrics(recipe: Recipe, state: TrainingState) -> dict[str, Any]:
             last = record
     metrics = {"epochs_run": state.epoch, "weights_from_epoch": chosen, "seconds": round(state.seconds, 1),
                "cpu_seconds": round(state.cpu_seconds, 1), "best_epoch": state.best_epoch}
-    for key in ("holdout_clean", "holdout_robust", "train_accuracy", "loss"):
+    for key in ("holdout_clean", "holdout_robust", "holdout_noisy", "train_accuracy", "loss"):
         if key in last:
             metrics[key] = round(float(last[key]), 4)
     if state.events:
