@@ -75,7 +75,7 @@ def test_bad_policies_fail_with_one_line_naming_file_and_key(folder, edit, key, 
 
 
 def test_invalid_toml_and_missing_file(folder):
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match="malformed TOML"):
         load_policy(write_policy(folder, "audience = \n"))
     with pytest.raises(ConfigError, match="no such file"):
         load_policy(folder / "nope.toml")

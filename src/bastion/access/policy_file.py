@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from bastion.access.token_keys import key_problem, secret_problem, thumbprint
 from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS,
                                    StaticKeys, TokenRules, TokenVerifier, TrustedIssuer, safe_kid_problem)
 from bastion.errors import BastionError, ConfigError
+from bastion.tomlfile import read_toml
 
 MAX_POLICY_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
@@ -90,10 +90,7 @@ def load_policy(name_or_path: str | Path, *, environ: Mapping[str, str] | None =
     path = resolve("policies", name_or_path)
     if path.stat().st_size > MAX_POLICY_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; not a policy file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, ConfigError)
     return policy_from_dict(data, source=str(path), base_dir=path.parent,
                             environ=os.environ if environ is None else environ)
 

@@ -23,7 +23,6 @@ so attacks need no special case to evaluate it honestly.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch import nn
 from bastion.defenses.transforms import Transform, apply_for_attack, build_transform
 from bastion.defenses.validation import InputValidator, build_validator
 from bastion.errors import ConfigError, DataError
+from bastion.tomlfile import read_toml
 
 RECIPE_KEYS = {"kind", "name", "description", "validation", "transforms", "adaptive"}
 DEFAULT_EOT_SAMPLES = 8
@@ -115,13 +115,7 @@ def load_sanitizer(name_or_path: str | Path) -> Sanitizer:
     from bastion.catalog import resolve
 
     path = resolve("defenses", name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    return sanitizer_from_dict(raw, str(path))
+    return sanitizer_from_dict(read_toml(path, ConfigError), str(path))
 
 
 class SanitizedModel(nn.Module):

@@ -11,7 +11,6 @@ reference imports code, so it is refused unless the caller passes ``trust_code=T
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 from bastion.errors import ModelError
 from bastion.fsutil import atomic_path, atomic_write_text
+from bastion.tomlfile import read_toml
 
 META_FILE = "bastion.toml"
 WEIGHTS_FILE = "model.safetensors"
@@ -65,10 +65,7 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
     path = Path(bundle_dir) / META_FILE
     if not path.is_file():
         raise ModelError(f"{bundle_dir}: not a model bundle (no {META_FILE})")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: malformed TOML ({exc})") from None
+    raw = read_toml(path, ModelError)
     required = ("name", "architecture", "input_shape", "num_classes")
     missing = [k for k in required if k not in raw]
     if missing:

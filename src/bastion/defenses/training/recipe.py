@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import ConfigError
+from bastion.tomlfile import read_toml
 
 #: Training objectives bastion implements (see :mod:`bastion.defenses.training.losses`).
 METHODS = ("clean", "pgd-at", "trades", "mart", "fgsm-rs", "gaussian")
@@ -231,11 +231,7 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such recipe file")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: malformed TOML ({exc})") from None
-    return recipe_from_dict(raw, source=str(path))
+    return recipe_from_dict(read_toml(path, ConfigError), source=str(path))
 
 
 def recipe_from_dict(raw: dict[str, Any], *, source: str = "<dict>") -> Recipe:
