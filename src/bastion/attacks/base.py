@@ -21,6 +21,12 @@ from bastion.errors import AttackError
 from bastion.models.loading import LoadedModel, as_module
 from bastion.threat import ThreatModel
 
+#: Samples per attack batch when none is given. On a CPU a batch of a few hundred images keeps
+#: the activations in cache: on the zoo CNN a sample costs about 1.7x more (forward and
+#: backward) in batches of 1,000 than of 256. Accelerators want large batches.
+CPU_BATCH_SIZE = 256
+ACCELERATOR_BATCH_SIZE = 1000
+
 
 @dataclass
 class AttackResult:
@@ -60,15 +66,15 @@ class Attack:
     #: Whether larger eps can only help (all eps-ball attacks); unbounded attacks set False.
     bounded: ClassVar[bool] = True
 
-    def __init__(self, threat: ThreatModel, *, batch_size: int = 1000, seed: int = 0) -> None:
+    def __init__(self, threat: ThreatModel, *, batch_size: int | None = None, seed: int = 0) -> None:
         if not isinstance(threat, ThreatModel):
             raise AttackError(f"{self.name}: threat must be a ThreatModel, got {type(threat).__name__}")
         if threat.norm not in self.norms:
             raise AttackError(f"{self.name} does not support the {threat.norm} norm (supports {', '.join(self.norms)})")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise AttackError(f"{self.name}: batch_size must be >= 1")
         self.threat = threat
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)  # None: pick by device
         self.seed = int(seed)
         self.generator: torch.Generator | None = None
         self._trace_sums: list[torch.Tensor] = []
@@ -82,7 +88,11 @@ class Attack:
 
     def params(self) -> dict[str, Any]:
         """Hyperparameters, for reports. Subclasses add theirs."""
-        return {"norm": self.threat.norm, "batch_size": self.batch_size, "seed": self.seed}
+        return {"norm": self.threat.norm, "batch_size": self.batch_size or "auto", "seed": self.seed}
+
+    def batch_for(self, device: torch.device) -> int:
+        """The batch size on ``device``: the one given, else 256 on a CPU and 1,000 elsewhere."""
+        return self.batch_size or (CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE)
 
     # ---- the contract ----------------------------------------------------------------
     def run(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> list[AttackResult]:
@@ -97,7 +107,8 @@ class Attack:
         try:
             x, y = self._check_inputs(x, y, device)
             self.generator = torch.Generator(device=device).manual_seed(self.seed)
-            clean_correct = predict(module, x, self.batch_size) == y
+            batch = self.batch_for(device)
+            clean_correct = predict(module, x, batch) == y
             robust = clean_correct.clone()
             x_adv = x.clone()
             results = []
@@ -106,12 +117,12 @@ class Attack:
                 start = time.perf_counter()
                 todo = robust.nonzero().flatten()
                 if eps > 0:
-                    for chunk in todo.split(self.batch_size):
+                    for chunk in todo.split(batch):
                         xb, yb = x[chunk], y[chunk]
                         candidate = self.attack_batch(module, xb, yb, eps).detach()
                         candidate = torch.where(torch.isfinite(candidate), candidate, xb)  # a NaN is no attack
                         candidate = self.threat.project(xb, candidate, eps)
-                        fooled = predict(module, candidate, self.batch_size) != yb
+                        fooled = predict(module, candidate, batch) != yb
                         x_adv[chunk] = torch.where(_expand(fooled, candidate), candidate, x_adv[chunk])
                         robust[chunk[fooled]] = False
                 if device.type == "cuda":

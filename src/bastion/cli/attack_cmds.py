@@ -79,7 +79,8 @@ def parse_eps(values: tuple[str, ...]) -> list[float]:
 @click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of test samples.")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
               help="Attack parameter, e.g. -p steps=100 (repeatable).")
-@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="Samples per attack batch. [default: 256 on a CPU, 1000 on a GPU]")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write adversarial examples to this .npz file.")
 @click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
 @device_option

@@ -154,7 +154,7 @@ def _run_unit(inputs: BenchInputs, suite: Suite, spec, threat: ThreatModel, stan
         return unit
     claimed = ~result.robust.to(x.device)
     confirmed = confirm_adversarial(inputs.model, threat, threat.single, x, y, result.x_adv,
-                                    batch_size or attack.batch_size)
+                                    batch_size or attack.batch_for(x.device))
     broken = claimed & confirmed
     unit.update(broken=index[broken].cpu().tolist(), unconfirmed=int((claimed & ~confirmed).sum()),
                 seconds=time.perf_counter() - start, queries=int(result.queries),
