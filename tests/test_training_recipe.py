@@ -11,7 +11,7 @@ from bastion.defenses.training import METHODS, load_recipe
 from bastion.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["clean", "pgd-at", "trades", "mart", "fgsm-rs", "fast"]
+SHIPPED = ["clean", "pgd-at", "trades", "mart", "fgsm-rs", "fast", "gaussian-0.25", "gaussian-0.5"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
