@@ -124,3 +124,24 @@ def test_unconfirmed_claims_fire(tmp_path):
 def test_checks_that_need_more_of_the_suite_say_they_were_skipped(tmp_path, key):
     found = indicators(linear_model(), PGD, tmp_path)
     assert found[key]["status"] == "skipped" and found[key]["finding"]
+
+
+def test_black_box_tolerance_separates_isolated_samples_from_masking():
+    from bastion.evaluation import load_suite
+    from bastion.evaluation.indicators import check_black_box
+
+    def state(square_broke: int, standing: int = 899):
+        white = [{"attack": name, "family": "white-box", "eps": 0.3, "standing": 1000, "broken": [0]}
+                 for name in ("apgd-ce", "apgd-t", "fab-t")]
+        square = {"attack": "square", "family": "black-box", "eps": 0.3, "standing": standing,
+                  "broken": list(range(1, square_broke + 1))}
+        return {"units": [*white, square]}
+
+    suite = load_suite("standard")
+    isolated = check_black_box(state(1), suite)
+    assert isolated.status == "ok" and "1 of the 899" in isolated.finding
+    assert isolated.details["broken_only_by_black_box"] == {"0.3": [1]}
+    assert check_black_box(state(4), suite).status == "ok"      # 0.44%: within 0.5%
+    assert check_black_box(state(5), suite).status == "fired"   # 0.56%
+    assert check_black_box(state(1, standing=40), suite).status == "fired"  # 2.5% of a small run
+    assert check_black_box(state(0), suite).status == "ok"

@@ -28,6 +28,10 @@ NO_PROGRESS_FRACTION = 0.5
 UNBOUNDED_SUCCESS = 0.95
 #: A white-box loss trace counts as still rising if its last tenth gained this share of its range.
 TAIL_RISE = 0.05
+#: Share of the samples left by the white-box attacks that the black-box ones may break before
+#: the flag goes up: AutoAttack's Square finds the odd extra sample on sound robust models (1 of
+#: 899 on the zoo's mnist-cnn-robust), while masked gradients leave it whole percents.
+BLACK_BOX_TOLERANCE = 0.005
 
 
 @dataclass
@@ -232,15 +236,25 @@ def check_black_box(state: dict, suite) -> Indicator:
     if not late_black:
         why = "no white-box attack" if not white else "no black-box or transfer attack after the white-box ones"
         return _make("black-box-beats-white-box", "skipped", f"The suite has {why}, so this was not checked.")
-    per_eps = {}
+    per_eps, attacked = {}, {}
     for unit in state["units"]:
-        if unit["attack"] in late_black and unit["broken"]:
-            per_eps.setdefault(repr(unit["eps"]), []).extend(unit["broken"])
-    count = sum(len(v) for v in per_eps.values())
-    details = {"attacks": sorted(late_black), "broken_only_by_black_box": per_eps}
+        if unit["attack"] in late_black:
+            key = repr(unit["eps"])
+            attacked[key] = max(attacked.get(key, 0), unit.get("standing", 0))  # the first one saw them all
+            if unit["broken"]:
+                per_eps.setdefault(key, []).extend(unit["broken"])
+    count, total = sum(len(v) for v in per_eps.values()), sum(attacked.values())
+    details = {"attacks": sorted(late_black), "broken_only_by_black_box": per_eps, "attacked": total,
+               "tolerance": BLACK_BOX_TOLERANCE}
+    names, share = ", ".join(sorted(late_black)), count / max(total, 1)
+    if count > BLACK_BOX_TOLERANCE * total:
+        return _make("black-box-beats-white-box", "fired", f"{names} broke {count} of the {total} sample(s) "
+                     f"every white-box attack had failed on ({share:.1%}).", details)
     if count:
-        return _make("black-box-beats-white-box", "fired", f"{', '.join(sorted(late_black))} broke {count} "
-                     "sample(s) that every white-box attack had failed on.", details)
+        return _make("black-box-beats-white-box", "ok", f"{names} broke {count} of the {total} sample(s) the "
+                     f"white-box attacks had left ({share:.2%}, within the {BLACK_BOX_TOLERANCE:.1%} tolerance): "
+                     "isolated samples where random search found a better optimum, not a pattern of masking. "
+                     "They are listed in the details and counted as broken.", details)
     return _make("black-box-beats-white-box", "ok", "The black-box attacks broke nothing the white-box attacks "
                  "had missed.", details)
 
