@@ -1,7 +1,7 @@
 """Adversarial training figures: train each recipe, then benchmark it with bastion's standard suite.
 
     python benchmarks/train.py --recipe fast                      # issue 4's fast recipe
-    python benchmarks/train.py --recipe trades --epochs 80        # the zoo's mnist-cnn-robust
+    python benchmarks/train.py --recipe trades                    # the zoo's mnist-cnn-robust
     python benchmarks/train.py --recipe fgsm-rs --n 300
     python benchmarks/train.py --eval-only path/to/bundle [--eval-only ...]
     python benchmarks/train.py --recipe trades --zoo    # also ship the result as the zoo's mnist-cnn-robust
