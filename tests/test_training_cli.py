@@ -49,6 +49,7 @@ def test_train_writes_a_bundle_that_attack_loads(tmp_path, digits_npz):
     assert loaded.name == "model" and loaded.input_shape == (1, 8, 8) and loaded.num_classes == 10
     training = loaded.meta.training
     assert training["method"] == "pgd-at" and training["seed"] == 0
+    assert (training["train_samples"], training["holdout_samples"]) == (250, 50)  # 300 images, 50 held out
     assert training["settings"]["attack"]["steps"] == 3
     assert 0 <= training["metrics"]["holdout_robust"] <= 1
 

@@ -17,7 +17,9 @@ def save_trained_bundle(result: TrainResult, out: str | Path, data: Dataset, *, 
     recipe = result.recipe
     training: dict[str, Any] = {
         "recipe": recipe.name, "method": recipe.method, "seed": recipe.recipe.seed, "data": data.name,
-        "train_samples": len(data), "metrics": result.metrics, "settings": recipe.to_dict(),
+        # The trainer keeps data.holdout samples out for its per-epoch check (trainer.split_holdout).
+        "train_samples": len(data) - recipe.data.holdout, "holdout_samples": recipe.data.holdout,
+        "metrics": result.metrics, "settings": recipe.to_dict(),
     }
     if extra:
         training.update(extra)

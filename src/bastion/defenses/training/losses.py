@@ -39,12 +39,12 @@ class BatchLoss:
 def batch_loss(recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                bounds: tuple[float, float], generator: torch.Generator) -> BatchLoss:
     """The recipe's objective on one batch at training radius ``eps``; leaves ``model`` in train mode."""
-    threat = ThreatModel(norm=recipe.threat.norm, eps=max(eps, 0.0), bounds=bounds)
     method = recipe.method
     if method == "gaussian":
         model.train()
         logits = model(x + recipe.noise.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype))
         return BatchLoss(F.cross_entropy(logits, y), logits.detach())
+    threat = ThreatModel(norm=recipe.threat.norm, eps=max(eps, 0.0), bounds=bounds)
     if method == "clean" or eps <= 0:
         model.train()
         logits = model(x)
