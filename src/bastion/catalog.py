@@ -18,8 +18,9 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve(kind: str, name_or_path: str | Path) -> Path:
-    """The file ``name_or_path`` names: an existing path first, then the installed catalog
-    (``bastion/_catalog/<kind>/``), then the source tree's top-level ``<kind>/`` folder."""
+    """The file ``name_or_path`` names: an existing path first, then the source tree's
+    top-level ``<kind>/`` folder (editable installs), then the installed catalog
+    (``bastion/_catalog/<kind>/``)."""
     _check_kind(kind)
     text = str(name_or_path)
     path = Path(text)
@@ -49,14 +50,16 @@ def _check_kind(kind: str) -> None:
 
 
 def _folders(kind: str) -> list[Path]:
+    # The source tree first: an editable install's _catalog is a copy made at install time,
+    # so it goes stale as the files are edited. A wheel has no source tree beside it.
     folders = []
+    source = _REPO_ROOT / kind
+    if source.is_dir():
+        folders.append(source)
     try:
         installed = Path(str(resources.files("bastion").joinpath("_catalog", kind)))
-        if installed.is_dir():
+        if installed.is_dir() and installed not in folders:
             folders.append(installed)
     except (ModuleNotFoundError, FileNotFoundError):
         pass
-    source = _REPO_ROOT / kind
-    if source.is_dir() and source not in folders:
-        folders.append(source)
     return folders
