@@ -30,20 +30,19 @@ _PATTERN = re.compile(r"[A-Za-z0-9._*?-]{1,128}")
 
 def model_name_problem(name: Any) -> str | None:
     """Why ``name`` is not a model name, or None if it is one."""
-    if not isinstance(name, str):
-        return f"a model name must be a string, got {type(name).__name__}"
-    if not _NAME.fullmatch(name) or ".." in name:
-        return (f"{name[:80]!r} is not a model name (1-{MAX_NAME_CHARS} letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit, no '..')")
-    return None
+    return _syntax_problem(name, _NAME, "model name", MAX_NAME_CHARS)
 
 
 def version_problem(version: Any) -> str | None:
     """Why ``version`` is not a model version, or None if it is one."""
-    if not isinstance(version, str):
-        return f"a model version must be a string, got {type(version).__name__}"
-    if not _VERSION.fullmatch(version) or ".." in version:
-        return (f"{version[:80]!r} is not a model version (1-{MAX_VERSION_CHARS} letters, digits, '.', '_' or '-', "
+    return _syntax_problem(version, _VERSION, "model version", MAX_VERSION_CHARS)
+
+
+def _syntax_problem(value: Any, syntax: re.Pattern, what: str, most: int) -> str | None:
+    if not isinstance(value, str):
+        return f"a {what} must be a string, got {type(value).__name__}"
+    if not syntax.fullmatch(value) or ".." in value:
+        return (f"{value[:80]!r} is not a {what} (1-{most} letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit, no '..')")
     return None
 
