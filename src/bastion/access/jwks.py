@@ -25,6 +25,7 @@ from typing import Any, Callable
 from cryptography.hazmat.primitives import serialization
 
 from bastion.access.token_keys import algorithm_for_key, jwk_fits, jwk_to_public_key, public_jwk, thumbprint
+from bastion.access.tokens import safe_kid_problem
 from bastion.errors import BastionError, ConfigError, KeySetError, TokenError
 
 DEFAULT_TTL_SECONDS = 300.0
@@ -40,8 +41,6 @@ def parse_jwks(document: bytes | str | dict, algorithm: str) -> dict[str, Any]:
     Keys for other uses or algorithms (a provider may publish several) are
     skipped; a key meant for ``algorithm`` that does not load is an error.
     """
-    from bastion.access.tokens import safe_kid_problem
-
     if not isinstance(document, dict):
         try:
             document = json.loads(document)

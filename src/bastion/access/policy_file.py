@@ -22,6 +22,7 @@ from bastion.access.token_keys import key_problem, read_secret_file, secret_prob
 from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_LIFETIME_SECONDS,
                                    DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS, MAX_LIFETIME_SECONDS, StaticKeys,
                                    TokenRules, TokenVerifier, TrustedIssuer, safe_kid_problem)
+from bastion.catalog import resolve
 from bastion.errors import BastionError, ConfigError
 from bastion.tomlfile import read_toml
 
@@ -110,8 +111,6 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def load_policy(name_or_path: str | Path, *, environ: Mapping[str, str] | None = None) -> Policy:
     """Load a policy by catalog name (``gateway``) or path; ConfigError on any problem."""
-    from bastion.catalog import resolve
-
     path = resolve("policies", name_or_path)
     if path.stat().st_size > MAX_POLICY_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; not a policy file")

@@ -1,4 +1,8 @@
-"""`bastion keygen`, `sign`, `verify`, `attest` and `scan`: signed model artifacts."""
+"""`bastion keygen`, `sign`, `verify`, `attest` and `scan`: signed model artifacts.
+
+Each command imports the library modules it uses inside its body, so it pays only for
+its own (cryptography, PyJWT and the pickle scanner are not free to import).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""`bastion token issue | verify | jwks`: caller tokens (JWT) checked against an access policy."""
+"""`bastion token issue | verify | jwks`: caller tokens (JWT) checked against an access policy.
+
+Each command imports the library modules it uses inside its body, so it pays only for
+its own (cryptography, PyJWT and the pickle scanner are not free to import).
+"""
 
 from __future__ import annotations
 
