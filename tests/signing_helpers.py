@@ -33,3 +33,19 @@ def make_model_dir(root: Path, big_bytes: int = 0) -> Path:
             fh.write(os.urandom(1 << 20))
             fh.truncate(big_bytes)  # sparse tail: fast to create, still hashed byte by byte
     return model
+
+
+def bench_report(robust: dict[float, float], *, n: int = 100, clean: float = 0.98, suite: str = "standard",
+                 norm: str = "linf", fired: tuple[str, ...] = (), passed: tuple[str, ...] = (), **extra) -> dict:
+    """A report in the shape `bastion bench` writes (schema bastion.bench.report/1), holding the fields an
+    attestation reads plus whatever ``extra`` adds; ``robust`` maps eps to robust accuracy."""
+    eps = sorted(robust)
+    return {
+        "schema": "bastion.bench.report/1", "created": "2026-01-01T00:00:00Z",
+        "summary": {"model": "mnist-cnn", "suite": suite, "norm": norm, "eps": eps[-1], "n": n,
+                    "clean_accuracy": clean, "robust_accuracy": robust[eps[-1]], "indicators_fired": list(fired)},
+        "suite": {"name": suite, "norm": norm, "eps": eps},
+        "results": [{"eps": e, "robust_accuracy": robust[e], "robust_accuracy_raw": robust[e]} for e in eps],
+        "indicators": ([{"key": k, "status": "ok"} for k in passed] + [{"key": k, "status": "fired"} for k in fired]),
+        **extra,
+    }

@@ -12,15 +12,11 @@ from bastion.access.keys import generate_private_key
 from bastion.access.requirements import parse_requirement
 from bastion.access.signing import sign_model, verify_model
 from bastion.errors import UsageError, VerificationError
-from tests.signing_helpers import make_model_dir
+from tests.signing_helpers import bench_report, make_model_dir
 
-REPORT = {
-    "schema_version": 1, "model": "zoo:mnist-cnn", "suite": "standard", "n": 200,
-    "threat_models": [{"norm": "linf", "eps": [0.1, 0.3]}],
-    "clean_accuracy": 0.98, "robust_accuracy": {"linf": {"0.1": 0.91, "0.3": 0.62}},
-    "indicators": {"unavailable_gradients": False, "accuracy_rises_with_eps": True},
-    "per_sample": "carried along untouched",
-}
+REPORT = bench_report({0.1: 0.91, 0.3: 0.62}, n=200, clean=0.98, suite="standard",
+                      passed=("unavailable_gradients",), fired=("accuracy_rises_with_eps",),
+                      per_sample="carried along untouched")
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +112,18 @@ def test_attest_reads_attack_command_output_and_blake3(tmp_path, key):
     assert ok.hash_type == "blake3" and ok.evaluation["threat_models"] == [{"norm": "linf", "eps": [0.1, 0.3]}]
 
 
+def _edited(edit):
+    report = bench_report({0.3: 0.5}, n=10, clean=0.9)
+    edit(report)
+    return report
+
+
 @pytest.mark.parametrize("report, message", [
-    ({"clean_accuracy": 0.9, "robust_accuracy": 0.5}, r"needs the sample count"),
-    ({"n": 10, "robust_accuracy": 0.5}, r"needs 'clean_accuracy'"),
-    ({"n": 10, "clean_accuracy": 0.9}, r"needs 'robust_accuracy'"),
-    ({"n": 10, "clean_accuracy": 98, "robust_accuracy": 0.5}, r"'clean_accuracy' must be a fraction"),
-    ({"n": 10, "clean_accuracy": 0.9, "robust_accuracy": {"0.3": "high"}}, r"holds 'high', not a number"),
+    (_edited(lambda r: r["summary"].pop("n")), r"needs the sample count"),
+    (_edited(lambda r: r["summary"].pop("clean_accuracy")), r"needs 'clean_accuracy'"),
+    (_edited(lambda r: r.pop("results")), r"needs 'robust_accuracy'"),
+    (_edited(lambda r: r["summary"].update(clean_accuracy=98)), r"'clean_accuracy' must be a fraction"),
+    (_edited(lambda r: r["results"][0].update(robust_accuracy="high")), r"holds 'high', not a number"),
     ([1, 2], r"must be a JSON object"),
 ])
 def test_malformed_reports_are_refused_clearly(tmp_path, key, report, message):
@@ -139,7 +141,7 @@ def test_requirement_language_refuses_anything_else(text):
 
 
 BENCH_SHAPED = {  # the layout bastion.evaluation.report writes for `bastion bench`
-    "schema": "bastion.bench/1", "created": "2026-01-01T00:00:00Z",
+    "schema": "bastion.bench.report/1", "created": "2026-01-01T00:00:00Z",
     "summary": {"model": "mnist-cnn", "suite": "standard", "norm": "linf", "eps": 0.3, "n": 500,
                 "clean_accuracy": 0.986, "robust_accuracy": 0.002, "indicators_fired": ["transfer_failure"]},
     "suite": {"name": "standard", "norm": "linf", "epsilons": [0.1, 0.3]},
@@ -150,7 +152,7 @@ BENCH_SHAPED = {  # the layout bastion.evaluation.report writes for `bastion ben
          "per_class": [{"class": 0, "n": 50, "clean_accuracy": 1.0, "robust_accuracy": 0.0}]},
     ],
     "indicators": [{"key": "transfer_failure", "status": "fired", "title": "Transfer failure", "finding": "..."},
-                   {"key": "zero_gradients", "status": "passed", "title": "Zero gradients", "finding": ""}],
+                   {"key": "zero_gradients", "status": "ok", "title": "Zero gradients", "finding": ""}],
 }
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
 from bastion.access.jwks import RemoteJwks, jwks_document, parse_jwks
 from bastion.access.policy_file import load_policy
 from bastion.access.token_keys import public_jwk
-from bastion.errors import ConfigError, TokenError
+from bastion.errors import ConfigError, KeySetError, TokenError
 from test_tokens_support import AUD, ISS, JwksServer, claims, kid_of, private_key, sign, write_policy
 
 
@@ -185,16 +187,106 @@ def test_parse_jwks_skips_other_uses_and_refuses_bad_keys():
     mixed = {"keys": [good, {**jwk_for(key, "enc-key"), "use": "enc"},
                       {**public_jwk(rsa_key.public_key()), "kid": "rsa"}]}
     assert list(parse_jwks(mixed, "ES256")) == [kid_of(key)]
-    with pytest.raises(ValueError, match="not a safe key id"):
+    with pytest.raises(KeySetError, match="not a safe key id"):
         parse_jwks({"keys": [{**good, "kid": "../x"}]}, "ES256")
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(KeySetError, match="appears twice"):
         parse_jwks({"keys": [good, good]}, "ES256")
-    with pytest.raises(ValueError, match="not a valid EC public key"):
+    with pytest.raises(KeySetError, match="not a valid EC public key"):
         parse_jwks({"keys": [{**good, "x": "AAAA"}]}, "ES256")
-    with pytest.raises(ValueError, match="no ES256 signing keys"):
+    with pytest.raises(KeySetError, match="no ES256 signing keys"):
         parse_jwks({"keys": []}, "ES256")
-    with pytest.raises(ValueError, match='"keys" list'):
+    with pytest.raises(KeySetError, match='"keys" list'):
         parse_jwks(b"[]", "ES256")
     # Private members are never read: a JWK carrying "d" still yields only a public key.
     private_jwk = {**good, "d": "AAAA"}
     assert not hasattr(parse_jwks({"keys": [private_jwk]}, "ES256")[kid_of(key)], "sign")
+
+
+def test_cached_claims_are_dropped_when_their_key_leaves_the_jwks(tmp_path):
+    old, new = private_key("ec-p256", 0), private_key("ec-p256", 1)
+    with JwksServer({"keys": [jwk_for(old), jwk_for(new)]}) as server:
+        policy, source = url_policy(tmp_path, server.url)
+        token = sign(claims(), old, headers={"kid": kid_of(old)})
+        assert policy.authorize(token, "predict", "mnist-cnn").allowed
+        assert len(policy.cache) == 1
+        server.body = {"keys": [jwk_for(new)]}  # the issuer withdraws the old key
+        source.clock.now += 301  # the cached set expires: the next use refetches it
+        decision = policy.authorize(token, "predict", "mnist-cnn")
+        assert not decision.allowed and "unknown kid" in decision.reason, decision.reason
+        assert len(policy.cache) == 0 and server.requests == 2
+        # The key is gone for good: the token stays refused, from the cache or not.
+        assert not policy.authorize(token, "predict", "mnist-cnn").allowed
+
+
+def test_cached_claims_are_dropped_when_a_kid_is_rotated_to_another_key(tmp_path):
+    old, new = private_key("ec-p256", 0), private_key("ec-p256", 1)
+    with JwksServer({"keys": [jwk_for(old, "current")]}) as server:
+        policy, source = url_policy(tmp_path, server.url)
+        token = sign(claims(), old, headers={"kid": "current"})
+        assert policy.authorize(token, "predict", "mnist-cnn").allowed
+        server.body = {"keys": [jwk_for(new, "current")]}  # same kid, new key material
+        source.clock.now += 301
+        decision = policy.authorize(token, "predict", "mnist-cnn")
+        assert not decision.allowed and "signature does not verify" in decision.reason, decision.reason
+        fresh = sign(claims(jti="after-rotation"), new, headers={"kid": "current"})
+        assert policy.authorize(fresh, "predict", "mnist-cnn").allowed
+
+
+def test_a_refetch_triggered_by_another_token_also_drops_the_withdrawn_key(tmp_path):
+    old, new = private_key("ec-p256", 0), private_key("ec-p256", 1)
+    with JwksServer({"keys": [jwk_for(old)]}) as server:
+        policy, source = url_policy(tmp_path, server.url)
+        token = sign(claims(), old, headers={"kid": kid_of(old)})
+        assert policy.authorize(token, "predict", "mnist-cnn").allowed
+        server.body = {"keys": [jwk_for(new)]}
+        source.clock.now += 31  # past the cool-down, inside the ttl: an unknown kid refetches
+        rotated = sign(claims(jti="new"), new, headers={"kid": kid_of(new)})
+        assert policy.authorize(rotated, "predict", "mnist-cnn").allowed
+        assert not policy.authorize(token, "predict", "mnist-cnn").allowed
+
+
+def test_an_unchanged_key_keeps_its_cache_entries_across_refreshes(tmp_path, monkeypatch):
+    key = private_key("ec-p256", 0)
+    with JwksServer({"keys": [jwk_for(key)]}) as server:
+        policy, source = url_policy(tmp_path, server.url)
+        token = sign(claims(), key, headers={"kid": kid_of(key)})
+        assert policy.authorize(token, "predict", "mnist-cnn").allowed
+        source.clock.now += 301  # refetched: the same key comes back, as a new object
+        monkeypatch.setattr(policy.verifier, "verify_shaped", lambda text: pytest.fail("cache entry was dropped"))
+        assert policy.authorize(token, "predict", "mnist-cnn").allowed
+        assert server.requests == 2
+
+
+def test_known_kids_verify_at_once_while_a_refetch_waits_on_a_slow_server(tmp_path):
+    key = private_key("ec-p256", 0)
+    with JwksServer({"keys": [jwk_for(key)]}) as server:
+        policy, source = url_policy(tmp_path, server.url)
+        known = sign(claims(), key, headers={"kid": kid_of(key)})
+        policy.verifier.verify(known)
+        server.delay = 2.0
+        source.clock.now += 31  # past the cool-down: an unknown kid may refetch
+        errors: list[str] = []
+
+        def unknown(name):
+            try:
+                policy.verifier.verify(sign(claims(jti=name), key, headers={"kid": name}))
+            except TokenError as exc:
+                errors.append(str(exc))
+
+        first = threading.Thread(target=unknown, args=("rotated-in",))
+        first.start()
+        deadline = time.monotonic() + 10
+        while server.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.requests == 2  # the refetch is in flight, the server is sleeping
+        second = threading.Thread(target=unknown, args=("also-new",))
+        second.start()
+        started = time.perf_counter()
+        assert policy.verifier.verify(known).kid == kid_of(key)
+        elapsed = time.perf_counter() - started
+        assert first.is_alive(), "the refetch was not slow after all: the test proves nothing"
+        first.join(10)
+        second.join(10)
+        assert elapsed < 0.5, f"a known kid waited {elapsed:.2f} s behind a refetch"
+        assert len(errors) == 2 and all("unknown kid" in e for e in errors)
+        assert server.requests == 2  # the second unknown kid waited for the same fetch

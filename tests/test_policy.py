@@ -283,3 +283,24 @@ def test_cli_hs256_issue_and_errors(tmp_path, monkeypatch):
     short = runner.invoke(main, ["token", "issue", "--secret-env", "SHORT", "--iss", ISS, "--aud", AUD, "--sub", "s"],
                           env={"SHORT": "tooshort"})
     assert short.exit_code == 2 and "at least 32 bytes" in short.output
+
+
+def test_extra_sections_plug_in_through_the_section_table(folder, monkeypatch):
+    """A feature adds a top-level section with one line in policy_file.SECTIONS; typos still fail loudly."""
+    from bastion.access import policy_file
+
+    def parse_limits(value, context):
+        reader = context.reader(value, "limits.", {"per_minute"})
+        return int(reader.number("per_minute", 60, 1, 10_000))
+
+    without = write_policy(folder, BASE + "[limits]\nper_minute = 5\n")
+    with pytest.raises(ConfigError, match=r"policy.toml: limits: unknown key"):
+        load_policy(without)
+    monkeypatch.setitem(policy_file.SECTIONS, "limits", parse_limits)
+    assert load_policy(without).sections == {"limits": 5}
+    assert load_policy(write_policy(folder, BASE)).sections == {}
+    for body, problem in (("[limits]\nper_minut = 5\n", r"limits.per_minut: unknown key"),
+                          ("[limits]\nper_minute = 0\n", r"limits.per_minute: 0 is out of range"),
+                          ("limits = 3\n", r"limits: expected a table")):
+        with pytest.raises(ConfigError, match=problem):
+            load_policy(write_policy(folder, body + BASE if not body.startswith("[") else BASE + body))

@@ -15,6 +15,7 @@ from bastion.access.signing import sign_model
 from bastion.errors import ModelError, UnsafeFileError, VerificationError
 from bastion.models.architectures import ARCHITECTURES
 from bastion.models.zoo import zoo_path
+from tests.signing_helpers import bench_report
 from tests.test_scan import craft
 
 
@@ -67,7 +68,7 @@ def test_any_of_several_trusted_keys(bundle, key):
 
 
 def test_requirement_on_the_attested_evaluation(bundle, key):
-    report = {"n": 100, "clean_accuracy": 0.98, "robust_accuracy": {"0.3": 0.1}}
+    report = bench_report({0.3: 0.1}, n=100, clean=0.98)
     attest_model(bundle, report, key)
     assert load_verified(bundle, ModelTrust(keys=[key.public_key()], require="clean_accuracy>=0.9"))
     with pytest.raises(VerificationError, match=r"requirement robust_accuracy>=0.85 not met"):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from bastion.cli import main
 from bastion.models.zoo import zoo_path
+from tests.signing_helpers import bench_report
 
 
 @pytest.fixture
@@ -51,8 +52,7 @@ def test_verify_with_attestation_and_requirement(runner, workspace):
     tmp, model = workspace
     key, pub = str(tmp / "release.key"), str(tmp / "release.key.pub")
     report = tmp / "report.json"
-    report.write_text(json.dumps({"schema_version": 1, "suite": "standard", "n": 100, "clean_accuracy": 0.98,
-                                  "robust_accuracy": {"linf": {"0.1": 0.9, "0.3": 0.4}}, "flags": []}))
+    report.write_text(json.dumps(bench_report({0.1: 0.9, 0.3: 0.4}, n=100, clean=0.98, suite="standard")))
     assert runner.invoke(main, ["sign", str(model), "--key", key]).exit_code == 0
     attested = runner.invoke(main, ["attest", str(model), "--report", str(report), "--key", key])
     assert attested.exit_code == 0, attested.output

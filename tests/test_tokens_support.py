@@ -98,11 +98,15 @@ def kid_of(key) -> str:
 
 
 class JwksServer:
-    """A JWKS endpoint on 127.0.0.1 in a thread, counting requests; ``body``/``status`` can change."""
+    """A JWKS endpoint on 127.0.0.1 in a thread, counting requests; ``body``/``status``/``delay`` can change.
+
+    ``delay`` seconds pass between a request's arrival (counted at once) and the answer: a slow key server.
+    """
 
     def __init__(self, body: dict | bytes | None = None, status: int = 200):
         self.body = body if body is not None else {"keys": []}
         self.status = status
+        self.delay = 0.0
         self.requests = 0
         self.paths: list[str] = []
         server = self
@@ -111,6 +115,8 @@ class JwksServer:
             def do_GET(self):  # noqa: N802 - http.server's hook name
                 server.requests += 1
                 server.paths.append(self.path)
+                if server.delay:
+                    time.sleep(server.delay)
                 data = server.body if isinstance(server.body, bytes) else json.dumps(server.body).encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")

@@ -37,6 +37,10 @@ class ConfigError(BastionError):
     """A malformed suite, recipe or policy file (names file, line and key where known)."""
 
 
+class KeySetError(ConfigError):
+    """A JSON Web Key Set (a file, a URL's response, or a document) that is malformed or holds no usable key."""
+
+
 class CheckFailed(BastionError):
     """A check ran and its answer is 'no': a bad signature, a denied token, a dangerous pickle.
 

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bastion.access.envelope import IN_TOTO_STATEMENT_TYPE, MAX_BUNDLE_BYTES, open_bundle, read_bundle_file, sign_statement
+from bastion.access.envelope import (IN_TOTO_STATEMENT_TYPE, MAX_BUNDLE_BYTES, open_bundle, read_bundle_file,
+                                     sign_statement, write_bundle_file)
 from bastion.access.hashing import HASH_TYPES, check_hash_type
-from bastion.access.manifest import GIT_PATHS, build_manifest, default_ignore_paths
-from bastion.access.report_summary import summarise_report
+from bastion.access.manifest import Ignores, build_manifest, default_ignores
+from bastion.access.report_summary import check_summary, summarise_report
 from bastion.access.requirements import check_requirement, parse_requirement
-from bastion.access.signing import (DEFAULT_ATTESTATION_NAME, DEFAULT_SIGNATURE_NAME, SignedModel, parse_subject)
+from bastion.access.signing import (DEFAULT_ATTESTATION_NAME, DEFAULT_SIGNATURE_NAME, SignedModel, existing_model,
+                                    ignores_when_verifying, parse_subject)
 from bastion.errors import UsageError, VerificationError
-from bastion.fsutil import atomic_write_bytes
 
 PREDICATE_TYPE = "https://bastion.dev/attestation/robustness/v1"
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -57,19 +58,25 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{p}: not a JSON report ({exc})") from None
 
 
-def _attestation_ignores(model: Path, attestation: Path) -> set[str]:
-    inside = [model / DEFAULT_SIGNATURE_NAME, model / DEFAULT_ATTESTATION_NAME] if model.is_dir() else []
-    return default_ignore_paths(model, attestation, *inside)
+def _own_files(model: Path, attestation: Path) -> tuple[Path, ...]:
+    """The attestation, and the default signature and attestation files: ignored (as files only) when hashing."""
+    inside = (model / DEFAULT_SIGNATURE_NAME, model / DEFAULT_ATTESTATION_NAME) if model.is_dir() else ()
+    return (attestation, *inside)
 
 
 def attest_model(model: str | Path, report: dict[str, Any], private_key, *, out: str | Path | None = None,
                  hash_type: str = "sha256", report_source: str = "report", workers: int | None = None) -> Attestation:
-    """Sign an attestation binding ``report`` to the model's digest; write it atomically to ``out``."""
-    model = Path(model)
+    """Sign an attestation binding ``report`` to the model's digest; write it atomically to ``out``.
+
+    ``report`` is a ``bastion bench`` report or ``bastion attack --json`` output (see
+    :mod:`bastion.access.report_summary`); UsageError names the field that is wrong.
+    """
+    model = existing_model(model)
     check_hash_type(hash_type)
     out = Path(out) if out else default_attestation_path(model)
     evaluation = summarise_report(report, report_source, UsageError)
-    manifest = build_manifest(model, hash_type, _attestation_ignores(model, out), workers=workers)
+    ignores: Ignores = default_ignores(model, *_own_files(model, out))
+    manifest = build_manifest(model, hash_type, ignores.paths, workers, ignore_files=ignores.files)
     if not manifest.resources:
         raise UsageError(f"{model}: holds no files to attest")
     statement = {
@@ -89,7 +96,7 @@ def attest_model(model: str | Path, report: dict[str, Any], private_key, *, out:
     if len(bundle) > MAX_BUNDLE_BYTES:
         raise UsageError(f"{report_source}: too large to attest ({len(bundle)} bytes signed, limit "
                          f"{MAX_BUNDLE_BYTES}); drop per-sample data from the report")
-    atomic_write_bytes(out, bundle, mode=0o644)
+    write_bundle_file(out, bundle, "attestation")
     return Attestation(model, out, manifest.root_digest, hash_type, evaluation)
 
 
@@ -113,12 +120,13 @@ def verify_attestation(model: str | Path, public_key, attestation: str | Path, *
     if not isinstance(predicate, dict):
         raise VerificationError(f"{source}: malformed attestation (no predicate)")
     hash_type, ignore_paths = _read_serialization(predicate, source)
-    evaluation = summarise_report(predicate.get("evaluation"), f"{source}: evaluation", VerificationError)
+    evaluation = check_summary(predicate.get("evaluation"), f"{source}: evaluation", VerificationError)
     if signed is not None and signed.hash_type == hash_type:
         actual_digest = signed.root_digest
     else:
-        ignored = set(ignore_paths) | _attestation_ignores(model, attestation) | set(GIT_PATHS)
-        actual_digest = build_manifest(model, hash_type, ignored, workers=workers).root_digest
+        ignores = ignores_when_verifying(model, ignore_paths, _own_files(model, attestation))
+        actual_digest = build_manifest(model, hash_type, ignores.paths, workers,
+                                       ignore_files=ignores.files).root_digest
     if actual_digest != subject_digest:
         raise VerificationError(f"{model}: {source} attests a different model ('{subject_name}', digest "
                                 f"{subject_digest[:16]}...) than the one on disk (digest {actual_digest[:16]}...): "

@@ -1,8 +1,9 @@
 """Bounded memory for a policy: verified tokens (to skip repeated crypto) and spent one-time jti values.
 
 The verified-claims cache is keyed by a SHA-256 digest of the token text. A hit
-skips only the signature and parsing work: the caller still re-checks expiry,
-revocation and one-time use on every hit.
+skips only the signature and parsing work: the caller still re-checks that the key
+which verified the entry is still trusted, expiry, revocation and one-time use on
+every hit.
 
 Replay protection keys on (iss, jti), never on the token text: an ECDSA
 signature (r, s) has a twin (r, n - s) that verifies too, so the same claims
@@ -16,7 +17,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from bastion.errors import TokenError
+from bastion.errors import ConfigError, TokenError
 
 
 def token_digest(token: str) -> bytes:
@@ -28,7 +29,7 @@ class VerifiedClaimsCache:
 
     def __init__(self, max_entries: int):
         if max_entries <= 0:
-            raise ValueError("a verified-claims cache needs room for at least one entry")
+            raise ConfigError("a verified-claims cache needs room for at least one entry")
         self.max_entries = max_entries
         self._entries: OrderedDict[bytes, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -67,25 +68,28 @@ class JtiReplayGuard:
         self._spent: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def is_spent(self, issuer: str, jti: str, now: float) -> bool:
+    def check_unspent(self, issuer: str, jti: str, now: float) -> None:
+        """TokenError if (issuer, jti) was spent and has not expired; spends nothing."""
         with self._lock:
-            forget_at = self._spent.get((issuer, jti))
-            return forget_at is not None and forget_at > now
+            self._refuse_if_spent(issuer, jti, now)
 
     def spend(self, issuer: str, jti: str, forget_at: float, now: float) -> None:
         """Mark (issuer, jti) spent until ``forget_at``; TokenError if it already was."""
         key = (issuer, jti)
         with self._lock:
-            previous = self._spent.get(key)
-            if previous is not None and previous > now:
-                raise TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer!r} was already used "
-                                 "and this policy allows each jti once")
+            self._refuse_if_spent(issuer, jti, now)
             if len(self._spent) >= self.max_entries:
                 self._spent = {k: t for k, t in self._spent.items() if t > now}
                 if len(self._spent) >= self.max_entries:
                     raise TokenError("one-time jti store is full of unexpired tokens; refusing one-time tokens "
                                      "until some expire (shorten token lifetimes or raise the limit)")
             self._spent[key] = forget_at
+
+    def _refuse_if_spent(self, issuer: str, jti: str, now: float) -> None:
+        forget_at = self._spent.get((issuer, jti))
+        if forget_at is not None and forget_at > now:
+            raise TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer[:80]!r} was already used "
+                             "and this policy allows each jti once")
 
     def __len__(self) -> int:
         return len(self._spent)

@@ -22,14 +22,15 @@ import hashlib
 import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bastion.access.keys import public_pem
-from bastion.errors import KeyFileError, VerificationError
+from bastion.access.keys import load_private_key, public_pem
+from bastion.errors import KeyFileError, UsageError, VerificationError
+from bastion.fsutil import atomic_write_bytes
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -40,13 +41,25 @@ MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 _CURVE_HASHES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
 
 
-def _ecdsa_for(key) -> ec.ECDSA:
+def _ecdsa_for(key, source: str | None = None) -> ec.ECDSA:
+    """The signature algorithm for ``key``; KeyFileError unless it is an ECDSA P-256/384/521 key (the one check)."""
     curve = getattr(key, "curve", None)
     if curve is None or curve.name not in _CURVE_HASHES:
         kind = type(key).__name__.lstrip("_")
-        raise KeyFileError(f"model signatures need an ECDSA P-256, P-384 or P-521 key (the OpenSSF "
+        where = f"{source}: " if source else ""
+        raise KeyFileError(f"{where}model signatures need an ECDSA P-256, P-384 or P-521 key (the OpenSSF "
                            f"model-signing format), not {kind}; make one with `bastion keygen`")
     return ec.ECDSA(_CURVE_HASHES[curve.name]())
+
+
+def load_signing_key(path: str | Path, passphrase: bytes | Callable[[], bytes] | None = None):
+    """The private key at ``path`` for signing models and attestations, checked before any hashing starts.
+
+    ``passphrase`` as for :func:`bastion.access.keys.load_private_key`.
+    """
+    key = load_private_key(path, passphrase)
+    _ecdsa_for(key, str(path))
+    return key
 
 
 def key_hint(public_key) -> str:
@@ -101,6 +114,21 @@ def read_bundle_file(path: str | Path, what: str = "signature") -> bytes:
     if len(data) > MAX_BUNDLE_BYTES:
         raise VerificationError(f"{p}: the {what} file is over the {MAX_BUNDLE_BYTES}-byte limit")
     return data
+
+
+def write_bundle_file(path: str | Path, data: bytes, what: str = "signature") -> None:
+    """Write a bundle atomically (mode 0644), refusing to replace a directory or special file of that name."""
+    p = Path(path)
+    try:
+        info = p.lstat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot write the {what} file ({exc.strerror})") from None
+    if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        raise UsageError(f"{p}: exists and is not a regular file; refusing to write the {what} there "
+                         "(remove it, or choose another path)")
+    atomic_write_bytes(p, data, mode=0o644)
 
 
 def open_bundle(data: bytes, public_key, source: str = "signature") -> dict[str, Any]:

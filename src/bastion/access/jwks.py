@@ -3,7 +3,8 @@
 A remote set is cached for ``ttl`` seconds. A token whose ``kid`` is not in
 the cached set triggers at most one refetch per ``cooldown`` (so a flood of
 made-up kids costs the issuer one request, not one per token), and a failed
-fetch keeps the last good set. Responses are capped in size and redirects are
+fetch keeps the last good set. Known keys keep verifying while a refetch is in
+flight: no lock is held during a fetch. Responses are capped in size and redirects are
 refused. Only URLs a policy names are ever fetched: a token's ``jku`` or
 ``x5u`` never is.
 """
@@ -21,8 +22,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from bastion.access.token_keys import algorithm_for_key, jwk_to_public_key, public_jwk, thumbprint
-from bastion.errors import TokenError
+from cryptography.hazmat.primitives import serialization
+
+from bastion.access.token_keys import algorithm_for_key, jwk_fits, jwk_to_public_key, public_jwk, thumbprint
+from bastion.access.tokens import safe_kid_problem
+from bastion.errors import BastionError, ConfigError, KeySetError, TokenError
 
 DEFAULT_TTL_SECONDS = 300.0
 DEFAULT_COOLDOWN_SECONDS = 30.0
@@ -32,54 +36,54 @@ MAX_KEYS = 64
 
 
 def parse_jwks(document: bytes | str | dict, algorithm: str) -> dict[str, Any]:
-    """{kid: public key} for the keys in a JWKS that sign ``algorithm``; ValueError says what is wrong.
+    """{kid: public key} for the keys in a JWKS that sign ``algorithm``; KeySetError says what is wrong.
 
     Keys for other uses or algorithms (a provider may publish several) are
     skipped; a key meant for ``algorithm`` that does not load is an error.
     """
-    from bastion.access.tokens import safe_kid_problem
-
     if not isinstance(document, dict):
         try:
             document = json.loads(document)
         except (ValueError, RecursionError):
-            raise ValueError("not JSON") from None
+            raise KeySetError("not JSON") from None
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list):
-        raise ValueError('not a JWKS: expected a JSON object with a "keys" list')
+        raise KeySetError('not a JWKS: expected a JSON object with a "keys" list')
     if len(keys) > MAX_KEYS:
-        raise ValueError(f"{len(keys)} keys; at most {MAX_KEYS} are read")
+        raise KeySetError(f"{len(keys)} keys; at most {MAX_KEYS} are read")
     found: dict[str, Any] = {}
     for index, jwk in enumerate(keys):
         if not isinstance(jwk, dict):
-            raise ValueError(f"keys[{index}] is not a JSON object")
-        if jwk.get("use", "sig") != "sig" or jwk.get("alg", algorithm) != algorithm:
+            raise KeySetError(f"keys[{index}] is not a JSON object")
+        if jwk.get("use", "sig") != "sig" or jwk.get("alg", algorithm) != algorithm or not jwk_fits(jwk, algorithm):
             continue
         kid = jwk.get("kid")
         problem = safe_kid_problem(kid)
         if problem:
-            raise ValueError(f"keys[{index}]: {problem}")
+            raise KeySetError(f"keys[{index}]: {problem}")
         try:
             key = jwk_to_public_key(jwk, algorithm)
-        except ValueError as exc:
-            if "does not fit" in str(exc):
-                continue
-            raise ValueError(f"keys[{index}] (kid {kid!r}): {exc}") from None
+        except KeySetError as exc:
+            raise KeySetError(f"keys[{index}] (kid {kid!r}): {exc}") from None
         if kid in found:
-            raise ValueError(f"keys[{index}]: kid {kid!r} appears twice")
+            raise KeySetError(f"keys[{index}]: kid {kid!r} appears twice")
         found[kid] = key
     if not found:
-        raise ValueError(f"no {algorithm} signing keys in the set")
+        raise KeySetError(f"no {algorithm} signing keys in the set")
     return found
 
 
 def load_jwks_file(path: str | Path, algorithm: str) -> dict[str, Any]:
+    """The keys of a local JWKS file; KeySetError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such JWKS file")
+        raise KeySetError(f"{path}: no such JWKS file")
     if path.stat().st_size > DEFAULT_MAX_BYTES:
-        raise ValueError(f"{path}: larger than {DEFAULT_MAX_BYTES} bytes; not a key set")
-    return parse_jwks(path.read_bytes(), algorithm)
+        raise KeySetError(f"{path}: larger than {DEFAULT_MAX_BYTES} bytes; not a key set")
+    try:
+        return parse_jwks(path.read_bytes(), algorithm)
+    except KeySetError as exc:
+        raise KeySetError(f"{path}: {exc}") from None
 
 
 def jwks_document(public_keys: list[Any], rsa_algorithm: str | None = None) -> dict:
@@ -127,7 +131,13 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class RemoteJwks:
-    """An issuer's keys served as a JWKS at a URL: cached, refreshed, and fetched sparingly."""
+    """An issuer's keys served as a JWKS at a URL: cached, refreshed, and fetched sparingly.
+
+    The lock guards only the bookkeeping (when a fetch was last tried, whether one is
+    in flight); it is never held while the network is used. A token whose kid is in
+    the cached set verifies at once even while a refetch is in flight; a token with
+    an unknown kid waits for that refetch, never starts a second one.
+    """
 
     def __init__(self, issuer: str, url: str, algorithm: str, *, ttl: float = DEFAULT_TTL_SECONDS,
                  cooldown: float = DEFAULT_COOLDOWN_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -135,7 +145,7 @@ class RemoteJwks:
                  clock: Callable[[], float] = time.monotonic):
         problem = url_problem(url, allow_insecure_localhost)
         if problem:
-            raise ValueError(f"JWKS URL {url!r}: {problem}")
+            raise ConfigError(f"JWKS URL {url[:200]!r}: {problem}")
         self.issuer = issuer
         self.url = url
         self.algorithm = algorithm
@@ -146,9 +156,10 @@ class RemoteJwks:
         self.clock = clock
         self.fetch_count = 0
         self.last_error: str | None = None
-        self._keys: dict[str, Any] | None = None
-        self._fetched_at = 0.0
+        # (keys, when they were fetched), replaced whole so readers never see half an update.
+        self._state: tuple[dict[str, Any], float] | None = None
         self._attempted_at: float | None = None
+        self._in_flight: threading.Event | None = None
         self._lock = threading.Lock()
         handlers: list[Any] = [_RefuseRedirects()]
         if _is_loopback(urllib.parse.urlsplit(url).hostname or ""):
@@ -159,16 +170,12 @@ class RemoteJwks:
         return None  # the set can change at any time
 
     def key_for(self, kid: str | None) -> tuple[str | None, Any]:
-        with self._lock:
-            now = self.clock()
-            if self._keys is None or now - self._fetched_at >= self.ttl:
-                self._refresh(now)
-            keys = self._keys or {}
-            if kid is not None and kid not in keys:
-                self._refresh(now)  # perhaps a rotation: at most once per cooldown
-                keys = self._keys or {}
-        if self._keys is None:
-            raise TokenError(f"no keys for issuer {self.issuer!r}: its JWKS could not be fetched ({self.last_error})")
+        keys = self._current_keys()
+        if kid is not None and kid not in keys:
+            keys = self._refresh(wait=True)  # perhaps a rotation: at most one fetch per cooldown
+        if self._state is None:
+            reason = self.last_error or "a first fetch is still in flight"
+            raise TokenError(f"no keys for issuer {self.issuer!r}: its JWKS could not be fetched ({reason})")
         if kid is None:
             if len(keys) == 1:
                 return next(iter(keys.items()))
@@ -177,20 +184,66 @@ class RemoteJwks:
             return kid, keys[kid]
         raise TokenError(f"unknown kid {kid!r} for issuer {self.issuer!r} (not in its JWKS)")
 
-    def _refresh(self, now: float) -> None:
-        """Fetch the set unless one was tried within the cooldown; on failure keep the last good set."""
-        if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
-            return
-        self._attempted_at = now
-        self.fetch_count += 1
+    def still_trusts(self, kid: str | None, key: Any) -> bool:
+        return kid is not None and self._current_keys().get(kid) is key
+
+    def _current_keys(self) -> dict[str, Any]:
+        """The cached set, refreshed first when it is older than ``ttl`` (or was never fetched).
+
+        A stale set keeps serving while another thread refetches it; only a set never
+        fetched makes the caller wait, since it has nothing to serve meanwhile.
+        """
+        state = self._state
+        if state is None or self.clock() - state[1] >= self.ttl:
+            self._refresh(wait=state is None)
+            state = self._state
+        return state[0] if state is not None else {}
+
+    def _refresh(self, *, wait: bool) -> dict[str, Any]:
+        """Fetch the set unless a fetch was tried within the cooldown; on failure keep the last good set.
+
+        Returns the keys as they are afterwards. With ``wait``, a caller that finds a fetch
+        in flight waits for it (up to the fetch timeout) instead of starting another.
+        """
+        with self._lock:
+            in_flight = self._in_flight
+            if in_flight is None:
+                now = self.clock()
+                if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
+                    return self._keys_now()
+                self._attempted_at = now
+                self.fetch_count += 1
+                self._in_flight = done = threading.Event()
+        if in_flight is not None:
+            if wait:
+                in_flight.wait(self.timeout + 1.0)
+            return self._keys_now()
+        keys, error = None, None
         try:
-            keys = parse_jwks(self._fetch(), self.algorithm)
-        except (ValueError, OSError, http.client.HTTPException) as exc:
-            self.last_error = f"{self.url}: {exc}"
-            return
-        self._keys = keys
-        self._fetched_at = now
-        self.last_error = None
+            keys = self._reuse_unchanged(parse_jwks(self._fetch(), self.algorithm))
+        except (BastionError, ValueError, OSError, http.client.HTTPException) as exc:
+            error = f"{self.url}: {str(exc)[:200]}"
+        finally:
+            with self._lock:
+                if keys is not None:
+                    self._state = (keys, now)
+                self.last_error = error
+                self._in_flight = None
+            done.set()
+        return self._keys_now()
+
+    def _keys_now(self) -> dict[str, Any]:
+        state = self._state
+        return state[0] if state is not None else {}
+
+    def _reuse_unchanged(self, fetched: dict[str, Any]) -> dict[str, Any]:
+        """The fetched set, keeping the key objects already held for kids whose key did not change.
+
+        Cached verified tokens remember the key object that verified them, so an
+        unchanged key must stay the same object across refreshes.
+        """
+        held = self._keys_now()
+        return {kid: held[kid] if kid in held and _same_key(held[kid], key) else key for kid, key in fetched.items()}
 
     def _fetch(self) -> bytes:
         request = urllib.request.Request(self.url, headers={"Accept": "application/json",
@@ -198,5 +251,10 @@ class RemoteJwks:
         with self._opener.open(request, timeout=self.timeout) as response:
             body = response.read(self.max_bytes + 1)
         if len(body) > self.max_bytes:
-            raise ValueError(f"response larger than {self.max_bytes} bytes")
+            raise KeySetError(f"response larger than {self.max_bytes} bytes")
         return body
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return type(a) is type(b) and a.public_bytes(*spki) == b.public_bytes(*spki)

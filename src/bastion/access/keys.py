@@ -3,13 +3,15 @@
 Signing artifacts uses ECDSA (P-256 default, P-384, P-521) as the OpenSSF
 model-signing "key" method requires; caller tokens may also use Ed25519 or RSA.
 Passphrases come from the caller (an environment variable or a prompt in the
-CLI), never from a command-line argument.
+CLI), never from a command-line argument; a caller may pass a function that is
+asked for the passphrase only when the key file is really encrypted.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -68,8 +70,16 @@ def _read(path: str | Path) -> bytes:
     return p.read_bytes()
 
 
-def load_private_key(path: str | Path, passphrase: bytes | None = None):
+def pem_is_encrypted(data: bytes) -> bool:
+    """Whether a PEM private key is passphrase-protected (PKCS#8 encrypted, or OpenSSL's legacy Proc-Type)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def load_private_key(path: str | Path, passphrase: bytes | Callable[[], bytes] | None = None):
+    """A PEM private key. ``passphrase``: the bytes, or a function asked for them only if the key is encrypted."""
     data = _read(path)
+    if callable(passphrase):
+        passphrase = passphrase() if pem_is_encrypted(data) else None
     try:
         return serialization.load_pem_private_key(data, password=passphrase)
     except TypeError:

@@ -10,6 +10,11 @@ Rules of the format (model-signing v1.x, "files" serialization):
 - ``.git``, ``.gitattributes``, ``.github`` and ``.gitignore`` are ignored, and
   so is the signature file when it lies inside the model directory. An ignored
   path also ignores everything below it.
+
+bastion ignores its own files (the signature, the attestation) as *files only*
+(:class:`Ignores`): a directory, link or anything else that merely bears such a
+name is listed, hashed or refused like any other entry, so it cannot carry
+unsigned files past verification.
 - The model's digest (the statement's subject) is SHA-256 over the raw
   digests of the resources, concatenated in that order.
 
@@ -82,11 +87,31 @@ def is_ignored(name: PurePosixPath, ignored: set[PurePosixPath]) -> bool:
     return any(name.parts[:len(ig.parts)] == ig.parts for ig in ignored)
 
 
-def list_model_files(path: str | Path, ignore_paths: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, Path]]:
+@dataclass(frozen=True)
+class Ignores:
+    """What a manifest leaves out, in two kinds.
+
+    ``paths``: a path and everything below it, whatever it is (the git paths, the
+    paths a signer listed). ``files``: only a regular file at exactly that path
+    (bastion's own signature and attestation files).
+    """
+
+    paths: frozenset[str] = frozenset()
+    files: frozenset[str] = frozenset()
+
+    def listed(self) -> list[str]:
+        """The one list the format records (its ``ignore_paths``)."""
+        return sorted(self.paths | self.files)
+
+
+def list_model_files(path: str | Path, ignore_paths: set[str] | frozenset[str] = frozenset(),
+                     ignore_files: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, Path]]:
     """(resource name, file path) for every file in the model, in format order.
 
-    Raises VerificationError for a symlink, a special file, an unreadable
-    directory, or a file name that is not valid UTF-8.
+    ``ignore_paths`` leave out a path and everything below it; ``ignore_files`` only a
+    regular file at exactly that path (see :class:`Ignores`). Raises
+    VerificationError for a symlink, a special file, an unreadable directory, or a
+    file name that is not valid UTF-8.
     """
     root = Path(path)
     try:
@@ -100,13 +125,15 @@ def list_model_files(path: str | Path, ignore_paths: set[str] | frozenset[str] =
     if not stat.S_ISDIR(info.st_mode):
         raise VerificationError(f"{root}: not a regular file or directory")
     ignored = {p for p in (normalise_ignore_path(t) for t in ignore_paths) if p is not None}
+    files = {p for p in (normalise_ignore_path(t) for t in ignore_files) if p is not None}
     found: list[tuple[str, Path]] = []
-    _walk(root, PurePosixPath(), ignored, found)
+    _walk(root, PurePosixPath(), ignored, files, found)
     found.sort(key=lambda item: sort_key(item[0]))
     return found
 
 
-def _walk(directory: Path, prefix: PurePosixPath, ignored: set[PurePosixPath], found: list) -> None:
+def _walk(directory: Path, prefix: PurePosixPath, ignored: set[PurePosixPath], files: set[PurePosixPath],
+          found: list) -> None:
     try:
         entries = list(os.scandir(directory))
     except OSError as exc:
@@ -118,9 +145,10 @@ def _walk(directory: Path, prefix: PurePosixPath, ignored: set[PurePosixPath], f
         if entry.is_symlink():
             raise VerificationError(f"{entry.path}: is a symbolic link; a signed model may not contain links")
         if entry.is_dir(follow_symlinks=False):
-            _walk(Path(entry.path), name, ignored, found)
+            _walk(Path(entry.path), name, ignored, files, found)
         elif entry.is_file(follow_symlinks=False):
-            found.append((str(name), Path(entry.path)))
+            if name not in files:
+                found.append((str(name), Path(entry.path)))
         else:
             raise VerificationError(f"{entry.path}: not a regular file (a device, socket or pipe)")
 
@@ -135,25 +163,24 @@ def _utf8_name(name: str, directory: Path) -> str:
 
 
 def build_manifest(path: str | Path, hash_type: str = "sha256", ignore_paths: set[str] | frozenset[str] = frozenset(),
-                   workers: int | None = None) -> Manifest:
+                   workers: int | None = None, *, ignore_files: set[str] | frozenset[str] = frozenset()) -> Manifest:
     """Hash every file of the model at ``path`` (see the module docstring for the rules)."""
-    files = list_model_files(path, ignore_paths)
+    files = list_model_files(path, ignore_paths, ignore_files)
     digests = hash_files([p for _, p in files], hash_type, workers=workers)
     resources = [Resource(name, digest) for (name, _), digest in zip(files, digests)]
-    return Manifest(model_name(Path(path)), hash_type, resources, sorted(ignore_paths))
+    return Manifest(model_name(Path(path)), hash_type, resources, sorted(set(ignore_paths) | set(ignore_files)))
 
 
-def default_ignore_paths(model: Path, *inside: Path | None) -> set[str]:
-    """The git paths plus each of ``inside`` (signature, attestation) that lies within the model directory."""
-    ignored = set(GIT_PATHS)
-    if not model.is_dir():
-        return ignored
-    root = model.resolve()
-    for candidate in inside:
-        if candidate is None:
-            continue
-        try:
-            ignored.add(Path(os.path.abspath(candidate)).resolve().relative_to(root).as_posix())
-        except ValueError:
-            continue  # outside the model: nothing to ignore
-    return ignored
+def default_ignores(model: Path, *own_files: Path | None) -> Ignores:
+    """The git paths, plus each of ``own_files`` (signature, attestation) inside the model directory, as a file."""
+    files = set()
+    if model.is_dir():
+        root = model.resolve()
+        for candidate in own_files:
+            if candidate is None:
+                continue
+            try:
+                files.add(Path(os.path.abspath(candidate)).resolve().relative_to(root).as_posix())
+            except ValueError:
+                continue  # outside the model: nothing to ignore
+    return Ignores(frozenset(GIT_PATHS), frozenset(files))

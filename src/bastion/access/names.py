@@ -39,7 +39,7 @@ def version_problem(version: Any) -> str | None:
 
 
 def _syntax_problem(value: Any, syntax: re.Pattern, what: str, most: int) -> str | None:
-    if not isinstance(value, str):
+    if not issubclass(type(value), str):
         return f"a {what} must be a string, got {type(value).__name__}"
     if not syntax.fullmatch(value) or ".." in value:
         return (f"{value[:80]!r} is not a {what} (1-{most} letters, digits, '.', '_' or '-', "
@@ -49,7 +49,7 @@ def _syntax_problem(value: Any, syntax: re.Pattern, what: str, most: int) -> str
 
 def model_pattern_problem(pattern: Any) -> str | None:
     """Why ``pattern`` is not a model name pattern, or None if it is one."""
-    if not isinstance(pattern, str):
+    if not issubclass(type(pattern), str):
         return f"a model pattern must be a string, got {type(pattern).__name__}"
     if pattern == ANY_MODEL:
         return None

@@ -1,23 +1,65 @@
 """Access policies: may this caller's token do this action on this model? Deny unless a scope allows.
 
 A ``Policy`` is built from a TOML file by ``bastion.access.policy_file.load_policy``
-(or directly, in code). ``authorize(token, action, model)`` never raises for
-a bad token or a refused request: it returns a ``Decision`` whose ``reason``
-says why, either way, ready for an audit log.
+(or directly, in code). ``authorize(token, action, model)`` never raises, whatever
+its arguments: it returns a ``Decision`` whose ``reason`` (at most
+:data:`MAX_REASON_CHARS` characters) says why, either way, ready for an audit log.
+
+The request is checked before the token: ``action`` must be an action name and
+``model`` a model name (:mod:`bastion.access.names`) or None; anything else is
+denied with a reason. ``model=None`` means an action on no particular model (such as
+listing the models) and only a scope whose models include ``"*"`` grants it: a scope
+limited to some models never reaches "no model in particular", which may mean all.
+A scope's glob patterns match within one model name only.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from bastion.access.claims_cache import JtiReplayGuard, VerifiedClaimsCache, token_digest
+from bastion.access.names import ANY_MODEL, model_matches, model_name_problem, model_pattern_problem
+from bastion.access.scopes import scope_name_problem
 from bastion.access.tokens import TokenVerifier, VerifiedToken
-from bastion.errors import AccessDenied, TokenError
+from bastion.errors import AccessDenied, ConfigError, TokenError
 
 ANY = "*"
+MAX_REASON_CHARS = 300
+_ACTION = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_SHOWN_SCOPES_CHARS = 120
+
+
+def action_problem(action: Any) -> str | None:
+    """Why ``action`` is not an action name (as requested, or as a policy lists it), or None."""
+    if not issubclass(type(action), str):
+        return f"an action must be a string, got {type(action).__name__[:40]}"
+    if not _ACTION.fullmatch(action):
+        return (f"{action[:80]!r} is not an action name (a lowercase letter, then up to 63 lowercase letters, "
+                "digits, '_' or '-')")
+    return None
+
+
+def grant_problem(name: Any, actions: Any, models: Any) -> tuple[str, str] | None:
+    """(field, problem) for the first thing wrong in a scope's definition, or None if it is sound."""
+    problem = scope_name_problem(name)
+    if problem:
+        return "name", problem
+    if not actions:
+        return "actions", "list at least one action (e.g. predict, attack, train, admin, or \"*\")"
+    for action in actions:
+        problem = None if action == ANY else action_problem(action)
+        if problem:
+            return "actions", problem
+    if not models:
+        return "models", "list the models this scope reaches (names, glob patterns, or \"*\")"
+    for pattern in models:
+        problem = model_pattern_problem(pattern)
+        if problem:
+            return "models", problem
+    return None
 
 
 @dataclass(frozen=True)
@@ -28,17 +70,28 @@ class ScopeGrant:
     actions: frozenset[str]
     models: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        problem = grant_problem(self.name, self.actions, self.models)
+        if problem:
+            raise ConfigError(f"scope {str(self.name)[:80]!r}: {problem[0]}: {problem[1]}")
+
     def allows(self, action: str, model: str | None) -> bool:
+        """For an already validated request: ``action`` an action name, ``model`` a model name or None."""
         if action not in self.actions and ANY not in self.actions:
             return False
-        if model is None or model in self.models or ANY in self.models:
-            return True
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
+        if model is None:
+            return ANY_MODEL in self.models
+        return any(model_matches(pattern, model) for pattern in self.models)
+
+
+def clip(reason: str) -> str:
+    """A reason cut to :data:`MAX_REASON_CHARS`, so a hostile token cannot flood an audit log."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 3] + "..."
 
 
 @dataclass(slots=True)
 class Decision:
-    """The answer to one request, with its reason, fit for an audit log."""
+    """The answer to one request, with its reason (at most MAX_REASON_CHARS long), fit for an audit log."""
 
     allowed: bool
     reason: str
@@ -46,6 +99,9 @@ class Decision:
     model: str | None = None
     token: VerifiedToken | None = None  # None when the token itself was rejected
     granted_by: str | None = None  # the scope that allowed the request
+
+    def __post_init__(self) -> None:
+        self.reason = clip(self.reason)
 
     @property
     def subject(self) -> str | None:
@@ -64,6 +120,27 @@ class Decision:
             raise AccessDenied(self.reason)
 
 
+def _plain_text(value: Any) -> Any:
+    """A ``str`` subclass as a plain ``str`` (so no overridden ``__eq__`` or ``__hash__`` runs), else as is."""
+    return str.__str__(value) if issubclass(type(value), str) else value
+
+
+def _request_problem(action: Any, model: Any) -> str | None:
+    return action_problem(action) or (None if model is None else model_name_problem(model))
+
+
+def _target(model: str | None) -> str:
+    return " on no particular model" if model is None else f" on model {model!r}"
+
+
+def _held(scopes: tuple[str, ...]) -> str:
+    listed = ", ".join(scopes)
+    if len(listed) <= _SHOWN_SCOPES_CHARS:
+        return f"token scopes: {listed or 'none'}"
+    shown = listed[:_SHOWN_SCOPES_CHARS].rsplit(", ", 1)[0]
+    return f"token holds {len(scopes)} scopes: {shown}, ..."
+
+
 @dataclass
 class Policy:
     """Token verification plus the rules on top: revocation, one-time jti, scopes."""
@@ -76,6 +153,8 @@ class Policy:
     cache_size: int = 10_000
     source: str = "<policy>"
     clock: Callable[[], float] = time.time
+    #: What extra policy sections (see policy_file.SECTIONS) read, by section name.
+    sections: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cache = VerifiedClaimsCache(self.cache_size) if self.cache_size > 0 else None
@@ -92,28 +171,34 @@ class Policy:
         """The verified token, or TokenError with the reason (a one-time jti is spent here)."""
         return self._verify(token, spend=True)
 
-    def authorize(self, token: Any, action: str, model: str | None = None) -> Decision:
-        """Allow ``action`` on ``model`` (None: an action on no particular model) only if a scope grants it."""
+    def authorize(self, token: Any, action: Any, model: Any = None) -> Decision:
+        """Allow ``action`` on ``model`` only if a scope grants it; never raises (see the module docstring)."""
+        action, model = _plain_text(action), _plain_text(model)
+        problem = _request_problem(action, model)
+        if problem:
+            shown_action = action[:80] if type(action) is str else None
+            shown_model = model[:130] if type(model) is str else None
+            return Decision(False, f"denied: bad request: {problem}", shown_action, shown_model)
         try:
             verified = self._verify(token, spend=False)
         except TokenError as exc:
             return Decision(False, f"denied: token rejected: {exc}", action, model)
-        target = "" if model is None else f" on model {model!r}"
         for name in verified.scopes:
             grant = self.scopes.get(name)
             if grant is not None and grant.allows(action, model):
                 break
         else:
-            held = ", ".join(verified.scopes) or "none"
-            return Decision(False, f"denied: no scope held grants {action!r}{target} (token scopes: {held})",
-                            action, model, verified)
+            needs = ', which only a scope with models = ["*"] grants' if model is None else ""
+            return Decision(False, f"denied: no scope held grants {action!r}{_target(model)}{needs} "
+                                   f"({_held(verified.scopes)})", action, model, verified)
         if self.one_time_jti:
             try:
                 self._spend(verified)
             except TokenError as exc:
                 return Decision(False, f"denied: token rejected: {exc}", action, model, verified)
-        return Decision(True, f"allowed: scope {name!r} grants {action!r}{target} to {verified.subject!r} "
-                              f"of issuer {verified.issuer!r}", action, model, verified, name)
+        return Decision(True, f"allowed: scope {name!r} grants {action!r}{_target(model)} to "
+                              f"{verified.subject[:80]!r} of issuer {verified.issuer[:80]!r}",
+                        action, model, verified, name)
 
     def _verify(self, token: Any, spend: bool) -> VerifiedToken:
         text = self.verifier.check_shape(token)  # the size limit comes before hashing too
@@ -122,6 +207,10 @@ class Policy:
         else:
             digest = token_digest(text)
             verified = self.cache.get(digest)
+            if verified is not None and not self.verifier.still_trusted(verified):
+                # The key that verified it left the issuer's set or was rotated: verify afresh.
+                self.cache.discard(digest)
+                verified = None
             if verified is None:
                 verified = self._verify_fresh(text)
                 self.cache.put(digest, verified)
@@ -135,8 +224,8 @@ class Policy:
         if self.one_time_jti:
             if spend:
                 self._spend(verified)
-            elif self.replay_guard.is_spent(verified.issuer, verified.jti, self.clock()):
-                self._spend(verified)  # raises the replay error
+            else:
+                self.replay_guard.check_unspent(verified.issuer, verified.jti, self.clock())
         return verified
 
     def _verify_fresh(self, text: str) -> VerifiedToken:

@@ -9,35 +9,36 @@ See policies/gateway.toml for a documented example.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from bastion.access.jwks import (DEFAULT_COOLDOWN_SECONDS, DEFAULT_MAX_BYTES, DEFAULT_TTL_SECONDS, RemoteJwks,
                                  load_jwks_file)
 from bastion.access.keys import load_public_key
-from bastion.access.policy import ANY, Policy, ScopeGrant
-from bastion.access.token_keys import key_problem, secret_problem, thumbprint
-from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS,
-                                   StaticKeys, TokenRules, TokenVerifier, TrustedIssuer, safe_kid_problem)
+from bastion.access.policy import Policy, ScopeGrant, grant_problem
+from bastion.access.token_keys import key_problem, read_secret_file, secret_problem, thumbprint
+from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_LIFETIME_SECONDS,
+                                   DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS, MAX_LIFETIME_SECONDS, StaticKeys,
+                                   TokenRules, TokenVerifier, TrustedIssuer, safe_kid_problem)
+from bastion.catalog import resolve
 from bastion.errors import BastionError, ConfigError
 from bastion.tomlfile import read_toml
 
 MAX_POLICY_BYTES = 1024 * 1024
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
-# Top-level keys this module reads. Sections other features add to a policy
-# (e.g. model requirements) must be listed here so that typos still fail loudly.
-TOP_LEVEL_KEYS = {"audience", "required_claims", "leeway_seconds", "max_token_bytes", "allow_audience_list",
-                  "one_time_jti", "verified_cache_size", "issuers", "scopes", "revoked", "description"}
+# Top-level keys of the token rules, read by policy_from_dict itself.
+TOP_LEVEL_KEYS = {"audience", "required_claims", "leeway_seconds", "max_token_bytes", "max_lifetime_seconds",
+                  "allow_audience_list", "one_time_jti", "verified_cache_size", "issuers", "scopes", "revoked",
+                  "description"}
 ISSUER_KEYS = {"iss", "algorithm", "key_file", "kid", "jwks_file", "jwks_url", "secret_file", "secret_env",
                "jwks_ttl_seconds", "jwks_cooldown_seconds", "jwks_max_bytes", "insecure_localhost"}
 SCOPE_KEYS = {"actions", "models", "description"}
 REVOKED_KEYS = {"jti", "subjects"}
 
 
-class _Reader:
+class TableReader:
     """Typed access to one table of the policy, raising ConfigError that names file and key."""
 
     def __init__(self, source: str, table: Mapping[str, Any], prefix: str, allowed: set[str]):
@@ -46,7 +47,7 @@ class _Reader:
         if unknown:
             self.fail(unknown[0], f"unknown key (known: {', '.join(sorted(allowed))})")
 
-    def fail(self, key: str, problem: str):
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {self.prefix}{key}: {problem}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
@@ -76,6 +77,31 @@ class _Reader:
         return value
 
 
+@dataclass(frozen=True)
+class SectionContext:
+    """What a section parser gets besides its table: where errors point, and where paths resolve."""
+
+    source: str
+    base_dir: Path
+    environ: Mapping[str, str]
+
+    def reader(self, table: Any, prefix: str, allowed: set[str]) -> TableReader:
+        """A reader for ``table`` (which must be a TOML table) whose errors say ``{source}: {prefix}{key}``."""
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.source}: {prefix.rstrip('.')}: expected a table")
+        return TableReader(self.source, table, prefix, allowed)
+
+
+#: A section parser turns the value of one top-level key into what the policy keeps for it
+#: (``Policy.sections[name]``), raising ConfigError (via ``context.reader(...).fail``) on a bad value.
+SectionParser = Callable[[Any, SectionContext], Any]
+
+#: Extra top-level sections, one line each: ``"name": parser``. A feature that adds a section
+#: to policies (e.g. ``[models]``) writes its parser and adds it here; keys in no table at all
+#: still fail loudly as unknown.
+SECTIONS: dict[str, SectionParser] = {}
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
              dict: "a table"}
@@ -85,8 +111,6 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def load_policy(name_or_path: str | Path, *, environ: Mapping[str, str] | None = None) -> Policy:
     """Load a policy by catalog name (``gateway``) or path; ConfigError on any problem."""
-    from bastion.catalog import resolve
-
     path = resolve("policies", name_or_path)
     if path.stat().st_size > MAX_POLICY_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_POLICY_BYTES} bytes; not a policy file")
@@ -98,7 +122,7 @@ def load_policy(name_or_path: str | Path, *, environ: Mapping[str, str] | None =
 def policy_from_dict(data: Mapping[str, Any], *, source: str = "<policy>", base_dir: Path = Path("."),
                      environ: Mapping[str, str] | None = None) -> Policy:
     environ = os.environ if environ is None else environ
-    top = _Reader(source, data, "", TOP_LEVEL_KEYS)
+    top = TableReader(source, data, "", TOP_LEVEL_KEYS | set(SECTIONS))
     audience = top.get("audience", str, required=True)
     if not audience:
         top.fail("audience", "must not be empty")
@@ -115,6 +139,8 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<policy>", base_
         leeway_seconds=top.number("leeway_seconds", 30, 0, MAX_LEEWAY_SECONDS),
         max_token_bytes=int(top.number("max_token_bytes", DEFAULT_MAX_TOKEN_BYTES, 256, 64 * 1024)),
         allow_audience_list=top.get("allow_audience_list", bool, False),
+        max_lifetime_seconds=top.number("max_lifetime_seconds", DEFAULT_MAX_LIFETIME_SECONDS, 1,
+                                        MAX_LIFETIME_SECONDS),
     )
     issuer_tables = top.get("issuers", list, required=True)
     if not issuer_tables:
@@ -130,32 +156,33 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<policy>", base_
         top.fail("scopes", "define at least one scope ([scopes.NAME] with actions and models); "
                            "without one every request is denied")
     scopes = {name: _scope(source, name, table) for name, table in scope_tables.items()}
-    revoked = _Reader(source, top.get("revoked", dict, {}), "revoked.", REVOKED_KEYS)
+    revoked = TableReader(source, top.get("revoked", dict, {}), "revoked.", REVOKED_KEYS)
     try:
         verifier = TokenVerifier(issuers, rules)
     except BastionError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    context = SectionContext(source, base_dir, environ)
+    sections = {name: parse(data[name], context) for name, parse in SECTIONS.items() if name in data}
     return Policy(verifier=verifier, scopes=scopes, revoked_jti=set(revoked.strings("jti")),
                   revoked_subjects=set(revoked.strings("subjects")), one_time_jti=one_time,
-                  cache_size=int(top.number("verified_cache_size", 10_000, 0, 10_000_000)), source=source)
+                  cache_size=int(top.number("verified_cache_size", 10_000, 0, 10_000_000)), source=source,
+                  sections=sections)
 
 
 def _scope(source: str, name: str, table: Any) -> ScopeGrant:
+    shown = name if len(name) <= 80 and name.isprintable() else repr(name[:80])
     if not isinstance(table, dict):
-        raise ConfigError(f"{source}: scopes.{name}: expected a table with actions and models")
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"{source}: scopes.{name}: not a usable scope name (letters, digits, . _ : / -)")
-    reader = _Reader(source, table, f"scopes.{name}.", SCOPE_KEYS)
+        raise ConfigError(f"{source}: scopes.{shown}: expected a table with actions and models")
+    reader = TableReader(source, table, f"scopes.{shown}.", SCOPE_KEYS)
     reader.get("description", str)
     actions = reader.strings("actions", required=True)
     models = reader.strings("models", required=True)
-    if not actions:
-        reader.fail("actions", "list at least one action (e.g. predict, attack, train, admin, or \"*\")")
-    for action in actions:
-        if action != ANY and not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", action):
-            reader.fail("actions", f"{action!r} is not an action name (lowercase letters, digits, _ or -)")
-    if not models:
-        reader.fail("models", "list the models this scope reaches (names, glob patterns, or \"*\")")
+    problem = grant_problem(name, actions, models)
+    if problem:
+        field, reason = problem
+        if field == "name":
+            raise ConfigError(f"{source}: scopes.{shown}: {reason}")
+        reader.fail(field, reason)
     return ScopeGrant(name, frozenset(actions), tuple(models))
 
 
@@ -166,7 +193,7 @@ def _issuer(source: str, table: Any, prefix: str, base_dir: Path, environ: Mappi
         name = "secret" if "secret" in table else "key"
         raise ConfigError(f"{source}: {prefix}{name}: secrets never go in a policy file; "
                           "use secret_file or secret_env")
-    reader = _Reader(source, table, prefix, ISSUER_KEYS)
+    reader = TableReader(source, table, prefix, ISSUER_KEYS)
     iss = reader.get("iss", str, required=True)
     if not iss:
         reader.fail("iss", "must not be empty")
@@ -193,21 +220,21 @@ def _issuer(source: str, table: Any, prefix: str, base_dir: Path, environ: Mappi
         reader.fail(sorted(jwks_keys & set(table))[0], "applies only to a jwks_url issuer")
 
     if where == "jwks_url":
+        url = reader.get("jwks_url", str)
+        settings = dict(ttl=reader.number("jwks_ttl_seconds", DEFAULT_TTL_SECONDS, 1, 7 * 86400),
+                        cooldown=reader.number("jwks_cooldown_seconds", DEFAULT_COOLDOWN_SECONDS, 0, 86400),
+                        max_bytes=int(reader.number("jwks_max_bytes", DEFAULT_MAX_BYTES, 1024, 1024 * 1024)),
+                        allow_insecure_localhost=reader.get("insecure_localhost", bool, False))
         try:
-            keys: Any = RemoteJwks(
-                iss, reader.get("jwks_url", str), algorithm,
-                ttl=reader.number("jwks_ttl_seconds", DEFAULT_TTL_SECONDS, 1, 7 * 86400),
-                cooldown=reader.number("jwks_cooldown_seconds", DEFAULT_COOLDOWN_SECONDS, 0, 86400),
-                max_bytes=int(reader.number("jwks_max_bytes", DEFAULT_MAX_BYTES, 1024, 1024 * 1024)),
-                allow_insecure_localhost=reader.get("insecure_localhost", bool, False))
-        except ValueError as exc:
+            keys: Any = RemoteJwks(iss, url, algorithm, **settings)
+        except ConfigError as exc:
             reader.fail("jwks_url", str(exc))
     elif where == "jwks_file":
         path = _path(base_dir, reader.get("jwks_file", str))
         try:
             keys = StaticKeys(iss, load_jwks_file(path, algorithm))
-        except ValueError as exc:
-            reader.fail("jwks_file", f"{path}: {exc}")
+        except ConfigError as exc:
+            reader.fail("jwks_file", str(exc))
     elif where == "key_file":
         keys = StaticKeys(iss, _key_files(reader, base_dir, algorithm, kid))
     else:
@@ -215,7 +242,7 @@ def _issuer(source: str, table: Any, prefix: str, base_dir: Path, environ: Mappi
     return TrustedIssuer(iss, algorithm, keys)
 
 
-def _key_files(reader: _Reader, base_dir: Path, algorithm: str, kid: str | None) -> dict[str | None, Any]:
+def _key_files(reader: TableReader, base_dir: Path, algorithm: str, kid: str | None) -> dict[str | None, Any]:
     """key_file: one path, or a list of paths (e.g. the current and the next key during a rotation)."""
     value = reader.get("key_file", (str, list))
     paths = [value] if isinstance(value, str) else value
@@ -237,7 +264,7 @@ def _key_files(reader: _Reader, base_dir: Path, algorithm: str, kid: str | None)
     return keys
 
 
-def _secret(reader: _Reader, where: str, base_dir: Path, environ: Mapping[str, str]) -> bytes:
+def _secret(reader: TableReader, where: str, base_dir: Path, environ: Mapping[str, str]) -> bytes:
     name = reader.get(where, str)
     if where == "secret_env":
         if name not in environ or not environ[name]:
@@ -247,8 +274,10 @@ def _secret(reader: _Reader, where: str, base_dir: Path, environ: Mapping[str, s
         path = _path(base_dir, name)
         if not path.is_file():
             reader.fail(where, f"{path}: no such file")
-        secret = path.read_bytes()[:1024 * 1024]
-        secret = secret[:-2] if secret.endswith(b"\r\n") else secret[:-1] if secret.endswith(b"\n") else secret
+        try:
+            secret = read_secret_file(path)
+        except BastionError as exc:
+            reader.fail(where, str(exc))
     problem = secret_problem(secret)
     if problem:
         reader.fail(where, problem)

@@ -1,16 +1,25 @@
-"""Read a robustness report leniently and keep what an attestation needs, in one fixed shape.
+"""Read a robustness report by its schema and keep what an attestation needs, in one fixed shape.
 
-Reports come from ``bastion bench`` (headline numbers under ``summary``, per-eps
-results under ``results``) and ``bastion attack --json``; their
-exact layout may grow, so this reads several spellings and checks only the
-fields a requirement can name:
+Two report shapes are read, each explicitly, and anything else is refused:
 
-    {"suite": str | None, "threat_models": [...], "n": int, "clean_accuracy": float,
-     "robust_accuracy": [{"label": str, "eps": float | None, "accuracy": float}, ...],
-     "flags": [str, ...]}        # the attack-failure indicators that were raised
+- ``bastion bench`` writes ``report.json`` with ``"schema": "bastion.bench.report/1"``
+  (see ``bastion.evaluation.report``): the headline numbers under ``summary`` (``n``,
+  ``clean_accuracy``, ``suite``, ``norm``, ``indicators_fired``), one entry per eps under
+  ``results`` (``eps``, ``robust_accuracy``);
+- ``bastion attack --json`` prints ``attack``, ``n``, ``norm``, ``clean_accuracy`` and
+  ``results`` (``eps``, ``robust_accuracy``), with no schema field.
 
-``robust_accuracy`` may be a number, ``{eps: acc}``, ``{norm: {eps: acc}}``, or
-a list of ``{"eps", "robust_accuracy"}`` entries (also found under ``results``).
+The summary an attestation signs (its predicate's ``evaluation``) has one shape,
+checked field by field here too when an attestation is verified:
+
+    {"suite": str | None, "threat_models": [{"norm": str, "eps": [float, ...]}, ...], "n": int,
+     "clean_accuracy": float, "robust_accuracy": [{"label": str, "eps": float | None, "accuracy": float}, ...],
+     "flags": [str, ...]}        # the attack-failure indicators that fired
+
+Every field is checked by type and range (``n`` a positive integer below
+:data:`MAX_SAMPLES`, accuracies finite in [0, 1], eps finite and non-negative, flags a
+short list of short names), so a hostile report gives a one-line error and never an
+overflow further on.
 """
 
 from __future__ import annotations
@@ -18,130 +27,166 @@ from __future__ import annotations
 import math
 from typing import Any
 
-N_KEYS = ("n", "n_samples", "num_samples", "sample_count", "samples")
-FLAG_KEYS = ("flags", "indicators", "attack_failure_flags", "attack_failure_indicators")
-THREAT_KEYS = ("threat_models", "threat_model", "threats", "threat")
-ACCURACY_KEYS = ("robust_accuracy", "accuracy")
-_RAISED_KEYS = ("raised", "triggered", "flagged", "failed", "value")
-_NAME_KEYS = ("key", "name", "flag", "indicator")
-_RAISED_STATUSES = {"fired", "raised", "failed", "flagged", "triggered", "warning"}
-_MAX_DEPTH = 6
+BENCH_SCHEMA = "bastion.bench.report/1"
+MAX_SAMPLES = 10**9
+MAX_ENTRIES = 1000
+MAX_FLAGS = 100
+MAX_NAME_CHARS = 200
+EXPECTED = (f"expected a `bastion bench` report.json (schema {BENCH_SCHEMA!r}) or the output of "
+            "`bastion attack --json` (keys attack, n, norm, clean_accuracy, results)")
+SUMMARY_KEYS = ("suite", "threat_models", "n", "clean_accuracy", "robust_accuracy", "flags")
 
 
 def summarise_report(report: Any, source: str, error: type[Exception]) -> dict[str, Any]:
-    """The fixed-shape summary of ``report``; raises ``error`` naming the missing or bad field.
-
-    Fields are looked up in the report's ``summary`` object first (``bastion bench`` puts the
-    headline numbers there), then at the top level.
-    """
+    """The fixed-shape summary of a bench report or attack summary; raises ``error`` naming the bad field."""
     if not isinstance(report, dict):
-        raise error(f"{source}: a report must be a JSON object")
-    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+        raise error(f"{source}: a report must be a JSON object; {EXPECTED}")
+    check = _Checker(source, error)
+    if "schema" in report:
+        if report["schema"] != BENCH_SCHEMA:
+            raise error(f"{source}: unknown report schema {str(report['schema'])[:80]!r}; {EXPECTED}")
+        return _bench_summary(report, check)
+    if "attack" in report:
+        return _attack_summary(report, check)
+    raise error(f"{source}: not a report bastion knows (no 'schema' and no 'attack' key); {EXPECTED}")
 
-    def field(*keys: str) -> Any:
-        return next((where[k] for k in keys for where in (summary, report) if k in where), None)
 
-    n = field(*N_KEYS)
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise error(f"{source}: needs the sample count as a positive integer 'n' (got {n!r})")
-    clean = _fraction(field("clean_accuracy"), "clean_accuracy", source, error)
-    results = report.get("results")
-    per_eps = isinstance(results, list) and bool(results) and all(isinstance(r, dict) and "eps" in r for r in results)
-    robust_source = results if per_eps else field("robust_accuracy", "results")
-    if robust_source is None:
-        raise error(f"{source}: needs 'robust_accuracy' (a number, {{eps: accuracy}}, or a list of results)")
-    robust: list[dict[str, Any]] = []
-    _collect_accuracy(robust_source, "", _as_eps(field("eps")), robust, source, error, 0)
-    if not robust:
+def check_summary(evaluation: Any, source: str, error: type[Exception]) -> dict[str, Any]:
+    """An attested ``evaluation`` (the shape above), checked field by field; raises ``error`` if it is not one."""
+    check = _Checker(source, error)
+    table = check.table(evaluation, "evaluation")
+    missing = [key for key in SUMMARY_KEYS if key not in table]
+    extra = sorted(set(table) - set(SUMMARY_KEYS))
+    if missing or extra:
+        problem = f"lacks {', '.join(missing)}" if missing else f"has unknown field(s) {', '.join(extra)}"
+        raise error(f"{source}: not an attested evaluation summary: it {problem}")
+    suite = table["suite"]
+    if suite is not None:
+        suite = check.name(suite, "suite")
+    threats = check.listing(table["threat_models"], "threat_models", MAX_ENTRIES)
+    entries = check.listing(table["robust_accuracy"], "robust_accuracy", MAX_ENTRIES)
+    if not entries:
         raise error(f"{source}: 'robust_accuracy' holds no accuracy values")
-    suite = field("suite")
-    if isinstance(suite, dict):
-        suite = suite.get("name")
-    threats = field(*THREAT_KEYS)
-    if threats is None and field("norm") is not None:
-        threats = {"norm": field("norm"), "eps": sorted({e["eps"] for e in robust if e["eps"] is not None})}
-    fired = summary.get("indicators_fired")
+    robust = []
+    for i, entry in enumerate(entries):
+        where = f"robust_accuracy[{i}]"
+        entry = check.table(entry, where)
+        eps = entry.get("eps")
+        robust.append({"label": check.name(entry.get("label", ""), f"{where}.label", empty_ok=True),
+                       "eps": None if eps is None else check.eps(eps, f"{where}.eps"),
+                       "accuracy": check.fraction(entry.get("accuracy"), f"{where}.accuracy")})
+    return {"suite": suite, "threat_models": [_threat(check, t, f"threat_models[{i}]") for i, t in enumerate(threats)],
+            "n": check.count(table["n"], "n"), "clean_accuracy": check.fraction(table["clean_accuracy"],
+                                                                               "clean_accuracy"),
+            "robust_accuracy": robust, "flags": check.flags(table["flags"], "flags")}
+
+
+def _bench_summary(report: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    summary = check.table(report.get("summary"), "summary")
+    norm = check.name(summary.get("norm"), "summary.norm")
+    robust = _per_eps(report.get("results"), "results", norm, check)
     return {
-        "suite": suite if isinstance(suite, str) else None,
-        "threat_models": threats if isinstance(threats, list) else ([] if threats is None else [threats]),
-        "n": n,
-        "clean_accuracy": clean,
+        "suite": check.name(summary.get("suite"), "summary.suite"),
+        "threat_models": [{"norm": norm, "eps": sorted({e["eps"] for e in robust})}],
+        "n": check.count(summary.get("n"), "summary.n"),
+        "clean_accuracy": check.fraction(summary.get("clean_accuracy"), "summary.clean_accuracy"),
         "robust_accuracy": robust,
-        "flags": _raised_flags(fired if isinstance(fired, list) else field(*FLAG_KEYS)),
+        "flags": check.flags(summary.get("indicators_fired"), "summary.indicators_fired"),
     }
 
 
-def _fraction(value: Any, name: str, source: str, error: type[Exception]) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise error(f"{source}: needs '{name}' as a number between 0 and 1 (got {value!r})")
-    if not 0.0 <= value <= 1.0:
-        raise error(f"{source}: '{name}' must be a fraction between 0 and 1, got {value}")
-    return float(value)
+def _attack_summary(report: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    check.name(report["attack"], "attack")
+    norm = check.name(report.get("norm"), "norm")
+    robust = _per_eps(report.get("results"), "results", norm, check)
+    return {
+        "suite": None,
+        "threat_models": [{"norm": norm, "eps": sorted({e["eps"] for e in robust})}],
+        "n": check.count(report.get("n"), "n"),
+        "clean_accuracy": check.fraction(report.get("clean_accuracy"), "clean_accuracy"),
+        "robust_accuracy": robust,
+        "flags": [],
+    }
 
 
-def _as_eps(key: Any) -> float | None:
-    if isinstance(key, bool):
-        return None
-    try:
-        value = float(key)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+def _per_eps(results: Any, where: str, norm: str, check: _Checker) -> list[dict[str, Any]]:
+    if results is None:
+        check.fail(f"needs 'robust_accuracy' values: '{where}' must list {{eps, robust_accuracy}} entries, one per eps")
+    entries = check.listing(results, where, MAX_ENTRIES)
+    if not entries:
+        check.fail(f"'{where}' holds no robust accuracy values")
+    robust = []
+    for i, entry in enumerate(entries):
+        entry = check.table(entry, f"{where}[{i}]")
+        robust.append({"label": norm, "eps": check.eps(entry.get("eps"), f"{where}[{i}].eps"),
+                       "accuracy": check.fraction(entry.get("robust_accuracy"), f"{where}[{i}].robust_accuracy")})
+    return robust
 
 
-def _collect_accuracy(obj: Any, label: str, eps: float | None, out: list, source: str, error, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise error(f"{source}: 'robust_accuracy' is nested too deeply")
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out.append({"label": label, "eps": eps, "accuracy": _fraction(obj, "robust_accuracy", source, error)})
-    elif isinstance(obj, list):
-        for item in obj:
-            _collect_accuracy(item, label, eps, out, source, error, depth + 1)
-    elif isinstance(obj, dict):
-        accuracy_key = next((k for k in ACCURACY_KEYS if k in obj), None)
-        if accuracy_key is not None:  # one result entry: {"eps": 0.3, "robust_accuracy": 0.9, ...}
-            entry_eps = _as_eps(obj.get("eps")) if "eps" in obj else eps
-            entry_label = str(obj.get("label", obj.get("norm", obj.get("attack", label))))
-            _collect_accuracy(obj[accuracy_key], entry_label, entry_eps, out, source, error, depth + 1)
-            return
-        for key, value in obj.items():
-            key_eps = _as_eps(key)
-            if key_eps is not None:
-                _collect_accuracy(value, label, key_eps, out, source, error, depth + 1)
-            else:
-                _collect_accuracy(value, f"{label}/{key}" if label else str(key), eps, out, source, error, depth + 1)
-    else:
-        raise error(f"{source}: 'robust_accuracy' holds {obj!r}, not a number")
+def _threat(check: _Checker, threat: Any, where: str) -> dict[str, Any]:
+    table = check.table(threat, where)
+    eps = check.listing(table.get("eps", []), f"{where}.eps", MAX_ENTRIES)
+    return {"norm": check.name(table.get("norm"), f"{where}.norm"), "eps": [check.eps(e, f"{where}.eps") for e in eps]}
 
 
-def _raised_flags(flags: Any) -> list[str]:
-    """Names of the indicators that fired; a flag whose value is false is not raised."""
-    if flags is None:
-        return []
-    if isinstance(flags, str):
-        return [flags]
-    raised: list[str] = []
-    if isinstance(flags, list):
-        for item in flags:
-            if isinstance(item, str):
-                raised.append(item)
-            elif isinstance(item, dict) and _is_raised(item):
-                raised.append(str(next((item[k] for k in _NAME_KEYS if k in item), "unnamed")))
-    elif isinstance(flags, dict):
-        for name, value in flags.items():
-            if _is_raised(value):
-                raised.append(str(name))
-    return sorted(set(raised))
+class _Checker:
+    """Type and range checks that raise ``error`` with ``source`` and the field's name."""
+
+    def __init__(self, source: str, error: type[Exception]):
+        self.source, self.error = source, error
+
+    def fail(self, problem: str):
+        raise self.error(f"{self.source}: {problem}")
+
+    def table(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"'{where}' must be a JSON object, got {_kind(value)}")
+        return value
+
+    def listing(self, value: Any, where: str, most: int) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(f"'{where}' must be a list, got {_kind(value)}")
+        if len(value) > most:
+            self.fail(f"'{where}' has {len(value)} entries; at most {most} are read")
+        return value
+
+    def count(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_SAMPLES:
+            self.fail(f"needs the sample count as a positive integer '{where}' below {MAX_SAMPLES:,} "
+                      f"(got {_shown(value)})")
+        return value
+
+    def fraction(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if value is None:
+                self.fail(f"needs '{where.rsplit('.', 1)[-1]}' as a number between 0 and 1 (field '{where}')")
+            self.fail(f"'{where}' holds {_shown(value)}, not a number between 0 and 1")
+        if not 0.0 <= value <= 1.0:
+            self.fail(f"'{where.rsplit('.', 1)[-1]}' must be a fraction between 0 and 1, got {value:g}")
+        return float(value)
+
+    def eps(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            self.fail(f"'{where}' must be a finite, non-negative number (got {_shown(value)})")
+        return float(value)
+
+    def name(self, value: Any, where: str, *, empty_ok: bool = False) -> str:
+        if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not (value or empty_ok):
+            self.fail(f"'{where}' must be a {'' if empty_ok else 'non-empty '}string of at most {MAX_NAME_CHARS} "
+                      f"characters (got {_shown(value)})")
+        return value
+
+    def flags(self, value: Any, where: str) -> list[str]:
+        names = self.listing(value, where, MAX_FLAGS)
+        return sorted({self.name(flag, f"{where}[{i}]") for i, flag in enumerate(names)})
 
 
-def _is_raised(value: Any) -> bool:
-    if isinstance(value, dict) and "status" in value:  # bastion bench: "fired" | "passed" | "skipped" ...
-        return str(value["status"]).lower() in _RAISED_STATUSES
-    if isinstance(value, dict):
-        for key in _RAISED_KEYS:
-            if key in value:
-                return bool(value[key])
-        return True
-    if isinstance(value, list):
-        return len(value) > 0
-    return bool(value)
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"  # no str(): it may be huge
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -25,7 +25,7 @@ from bastion.access.keys import load_public_key
 from bastion.access.manifest import build_manifest, list_model_files
 from bastion.access.pickle_scan import scan_file
 from bastion.access.signing import (SignedModel, compare_manifests, default_signature_path, read_signature,
-                                    verification_ignore_paths)
+                                    verification_ignores)
 from bastion.errors import ModelError, UnsafeFileError, UsageError, VerificationError
 
 _PICKLE_WEIGHTS = (".pt", ".pth", ".bin", ".ckpt")
@@ -86,7 +86,8 @@ def _verified_copy(model: Path, signature: Path, keys: list, tmp: Path) -> tuple
     else:
         raise VerificationError(errors[0] if len(errors) == 1 else
                                 f"{signature}: verifies with none of the {len(keys)} trusted keys ({errors[-1]})")
-    files = list_model_files(model, verification_ignore_paths(model, signature, signed))
+    ignores = verification_ignores(model, signature, signed)
+    files = list_model_files(model, ignores.paths, ignores.files)
     copy = tmp / (model.name or "model")
     for name, source in files:
         target = copy if name == "." else copy / name

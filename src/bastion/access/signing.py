@@ -10,7 +10,10 @@ accepts what ``model_signing sign key`` writes, for the same key.
 Verification is strict: every signed file must be present and unchanged, and
 every file on disk must be signed, except the ignored paths (the git files,
 the signature itself, the default attestation file, and the ignore paths the
-signature lists). There is no shard mode and no way to let unsigned files pass.
+signature lists). bastion's own files are ignored as regular files only: a
+directory named ``model.sig`` or ``robustness.att.json`` is hashed like any other,
+so its files must be signed. There is no shard mode and no way to let unsigned
+files pass.
 """
 
 from __future__ import annotations
@@ -21,17 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bastion.access.envelope import open_bundle, read_bundle_file, sign_statement, IN_TOTO_STATEMENT_TYPE
+from bastion.access.envelope import (IN_TOTO_STATEMENT_TYPE, open_bundle, read_bundle_file, sign_statement,
+                                     write_bundle_file)
 from bastion.access.hashing import DIGEST_SIZES, HASH_TYPES, check_hash_type
-from bastion.access.manifest import (GIT_PATHS, SINGLE_FILE_NAME, Manifest, Resource, build_manifest,
-                                     default_ignore_paths, is_ignored, model_name, normalise_ignore_path, root_digest)
+from bastion.access.manifest import (GIT_PATHS, SINGLE_FILE_NAME, Ignores, Manifest, Resource, build_manifest,
+                                     default_ignores, is_ignored, model_name, normalise_ignore_path, root_digest)
 from bastion.errors import UsageError, VerificationError
-from bastion.fsutil import atomic_write_bytes
 
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 DEFAULT_SIGNATURE_NAME = "model.sig"
 #: Written inside a model directory by `bastion attest`; signatures ignore it (and say so in ignore_paths).
 DEFAULT_ATTESTATION_NAME = "robustness.att.json"
+#: bastion's own files: wherever a signer's ignore list names one, it is ignored as a regular file only.
+OWN_FILE_NAMES = frozenset({DEFAULT_SIGNATURE_NAME, DEFAULT_ATTESTATION_NAME})
 MAX_PROBLEMS_SHOWN = 5
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -54,9 +59,10 @@ def default_signature_path(model: str | Path) -> Path:
     return model / DEFAULT_SIGNATURE_NAME if model.is_dir() else model.with_name(model.name + ".sig")
 
 
-def signing_ignore_paths(model: Path, signature: Path) -> set[str]:
+def signing_ignores(model: Path, signature: Path) -> Ignores:
+    """The git paths, and the signature and default attestation files (as files only) inside the model."""
     default_attestation = model / DEFAULT_ATTESTATION_NAME if model.is_dir() else None
-    return default_ignore_paths(model, signature, default_attestation)
+    return default_ignores(model, signature, default_attestation)
 
 
 def model_statement(manifest: Manifest) -> dict[str, Any]:
@@ -75,14 +81,15 @@ def model_statement(manifest: Manifest) -> dict[str, Any]:
 def sign_model(model: str | Path, private_key, *, signature: str | Path | None = None, hash_type: str = "sha256",
                workers: int | None = None) -> SignedModel:
     """Hash the model at ``model``, sign its manifest, write the bundle atomically to ``signature``."""
-    model = _existing(model)
+    model = existing_model(model)
     check_hash_type(hash_type)
     signature = Path(signature) if signature else default_signature_path(model)
-    manifest = build_manifest(model, hash_type, signing_ignore_paths(model, signature), workers=workers)
+    ignores = signing_ignores(model, signature)
+    manifest = build_manifest(model, hash_type, ignores.paths, workers, ignore_files=ignores.files)
     if not manifest.resources:
         raise UsageError(f"{model}: holds no files to sign")
     bundle = sign_statement(model_statement(manifest), private_key)
-    atomic_write_bytes(signature, bundle, mode=0o644)
+    write_bundle_file(signature, bundle, "signature")
     return SignedModel(model, signature, manifest.model_name, manifest.root_digest, hash_type,
                        len(manifest.resources), tuple(manifest.ignore_paths))
 
@@ -97,31 +104,50 @@ def read_signature(signature: str | Path, public_key) -> Manifest:
 def verify_model(model: str | Path, public_key, *, signature: str | Path | None = None,
                  workers: int | None = None) -> SignedModel:
     """Check the signature, then that the model on disk is exactly what it signs. Raises VerificationError."""
-    model = _existing(model)
+    model = existing_model(model)
     signature = Path(signature) if signature else default_signature_path(model)
     signed = read_signature(signature, public_key)
-    ignored = verification_ignore_paths(model, signature, signed)
-    actual = build_manifest(model, signed.hash_type, ignored, workers=workers)
+    ignores = verification_ignores(model, signature, signed)
+    actual = build_manifest(model, signed.hash_type, ignores.paths, workers, ignore_files=ignores.files)
     compare_manifests(signed, actual, model, signature)
     return SignedModel(model, signature, signed.model_name, signed.root_digest, signed.hash_type,
                        len(signed.resources), tuple(signed.ignore_paths))
 
 
-def _existing(model: str | Path) -> Path:
+def existing_model(model: str | Path) -> Path:
+    """``model`` as a Path; UsageError (bad input, exit 2) if nothing is there."""
     model = Path(model)
     if not os.path.lexists(model):
         raise UsageError(f"{model}: no such model file or directory")
     return model
 
 
-def verification_ignore_paths(model: Path, signature: Path, signed: Manifest) -> set[str]:
-    """The signed ignore paths, the signature file, and the git paths unless the signature covers one of them."""
-    signed_names = [PurePosixPath(r.name) for r in signed.resources]
-    ignored = set(signed.ignore_paths) | (default_ignore_paths(model, signature) - set(GIT_PATHS))
+def verification_ignores(model: Path, signature: Path, signed: Manifest) -> Ignores:
+    """What verifying ``signed`` leaves out of the model on disk (see :func:`ignores_when_verifying`)."""
+    return ignores_when_verifying(model, signed.ignore_paths, (signature,), [r.name for r in signed.resources])
+
+
+def ignores_when_verifying(model: Path, signed_ignore_paths: list[str], own_files: tuple[Path | None, ...],
+                           signed_names: list[str] | None = None) -> Ignores:
+    """The signed ignore paths, ``own_files`` inside the model, and the git paths unless the signature lists one.
+
+    A signed ignore path naming one of bastion's own files (:data:`OWN_FILE_NAMES`, or one
+    of ``own_files``) ignores a regular file only, like ``own_files`` themselves. Without
+    ``signed_names`` (an attestation lists no files) the git paths are always ignored.
+    """
+    own = default_ignores(model, *own_files)
+    files, paths = set(own.files), set()
+    for text in signed_ignore_paths:
+        normal = normalise_ignore_path(text)
+        if normal is not None and (str(normal) in OWN_FILE_NAMES or str(normal) in own.files):
+            files.add(str(normal))
+        else:
+            paths.add(text)
+    names = [PurePosixPath(n) for n in signed_names or ()]
     for git_path in GIT_PATHS:
-        if not any(is_ignored(name, {PurePosixPath(git_path)}) for name in signed_names):
-            ignored.add(git_path)
-    return ignored
+        if not any(is_ignored(name, {PurePosixPath(git_path)}) for name in names):
+            paths.add(git_path)
+    return Ignores(frozenset(paths), frozenset(files))
 
 
 def compare_manifests(signed: Manifest, actual: Manifest, model: Path, signature: Path) -> None:
@@ -232,5 +258,6 @@ def _valid_name(name: str) -> bool:
     return normal is not None and str(normal) == name and "\x00" not in name
 
 
-__all__ = ["DEFAULT_ATTESTATION_NAME", "DEFAULT_SIGNATURE_NAME", "PREDICATE_TYPE", "SignedModel",
-           "default_signature_path", "model_name", "read_signature", "sign_model", "verify_model"]
+__all__ = ["DEFAULT_ATTESTATION_NAME", "DEFAULT_SIGNATURE_NAME", "OWN_FILE_NAMES", "PREDICATE_TYPE", "SignedModel",
+           "default_signature_path", "existing_model", "ignores_when_verifying", "model_name", "read_signature",
+           "sign_model", "verification_ignores", "verify_model"]

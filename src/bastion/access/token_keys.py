@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -19,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt import algorithms as jwt_algorithms
 from jwt import exceptions as jwt_errors
 
+from bastion.errors import KeyFileError, KeySetError
+
 HS256_MIN_SECRET_BYTES = 32
+MAX_SECRET_FILE_BYTES = 1024 * 1024
 MIN_RSA_BITS = 2048
 
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
@@ -72,6 +76,22 @@ def secret_problem(secret: bytes) -> str | None:
     return None
 
 
+def read_secret_file(path: str | Path) -> bytes:
+    """An HS256 secret from a file (at most 1 MiB), less one trailing newline; KeyFileError if unreadable.
+
+    The issuing and the verifying side both read secret files here, so they agree on the bytes.
+    """
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read(MAX_SECRET_FILE_BYTES)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the secret file ({exc.strerror})") from None
+    for ending in (b"\r\n", b"\n"):
+        if secret.endswith(ending):
+            return secret[:-len(ending)]
+    return secret
+
+
 def algorithm_for_key(public_key: Any, rsa_algorithm: str = "RS256") -> str:
     """The token algorithm a key signs with (RSA keys: RS256 unless told PS256)."""
     if isinstance(public_key, bytes):
@@ -82,10 +102,11 @@ def algorithm_for_key(public_key: Any, rsa_algorithm: str = "RS256") -> str:
         for algorithm, curve in _EC_CURVES.items():
             if public_key.curve.name == curve:
                 return algorithm
-        raise ValueError(f"EC curve {public_key.curve.name} is not used for tokens")
+        raise KeyFileError(f"EC curve {public_key.curve.name} is not used for tokens (use P-256, P-384 or P-521)")
     if isinstance(public_key, rsa.RSAPublicKey):
         return rsa_algorithm
-    raise ValueError(f"{type(public_key).__name__} is not a token signing key")
+    raise KeyFileError(f"{type(public_key).__name__.lstrip('_')} is not a token signing key "
+                       "(use EC P-256/384/521, Ed25519 or RSA)")
 
 
 def public_jwk(public_key: Any) -> dict:
@@ -97,7 +118,8 @@ def public_jwk(public_key: Any) -> dict:
     elif isinstance(public_key, rsa.RSAPublicKey):
         jwk = jwt_algorithms.RSAAlgorithm.to_jwk(public_key, as_dict=True)
     else:
-        raise ValueError(f"{type(public_key).__name__} cannot be published as a JWK")
+        raise KeyFileError(f"{type(public_key).__name__.lstrip('_')} cannot be published as a JWK "
+                           "(use EC, Ed25519 or RSA keys)")
     return {name: jwk[name] for name in _PUBLIC_MEMBERS[jwk["kty"]]}
 
 
@@ -108,19 +130,24 @@ def thumbprint(public_key: Any) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def jwk_fits(jwk: dict, algorithm: str) -> bool:
+    """Whether a JWK's key type is the one ``algorithm`` verifies with (a set may publish several)."""
+    return jwk.get("kty") == _KTY.get(algorithm)
+
+
 def jwk_to_public_key(jwk: dict, algorithm: str) -> Any:
-    """A public key object from a JWK, which must fit ``algorithm``; ValueError says why not."""
+    """A public key object from a JWK, which must fit ``algorithm``; KeySetError says why not."""
     kty = jwk.get("kty")
-    if kty != _KTY.get(algorithm):
-        raise ValueError(f"kty {kty!r} does not fit {algorithm}")
+    if not jwk_fits(jwk, algorithm):
+        raise KeySetError(f"kty {str(kty)[:20]!r} does not fit {algorithm}")
     public_only = {name: jwk[name] for name in _PUBLIC_MEMBERS[kty] if name in jwk}
     loader = {"OKP": jwt_algorithms.OKPAlgorithm, "EC": jwt_algorithms.ECAlgorithm,
               "RSA": jwt_algorithms.RSAAlgorithm}[kty]
     try:
         key = loader.from_jwk(public_only)
     except (jwt_errors.PyJWTError, ValueError, TypeError, AttributeError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"not a valid {kty} public key ({exc or type(exc).__name__})") from None
+        raise KeySetError(f"not a valid {kty} public key ({str(exc)[:120] or type(exc).__name__})") from None
     problem = key_problem(algorithm, key)
     if problem:
-        raise ValueError(problem)
+        raise KeySetError(problem)
     return key

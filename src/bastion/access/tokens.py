@@ -6,8 +6,9 @@ configured algorithm, the key is a pre-loaded key object selected by a
 validated ``kid``, the audience is compared strictly and the required claims
 are enforced. bastion adds what PyJWT leaves out: a size limit checked before
 any parsing, a safe ``kid``, no ``crit`` extensions at all, NumericDate types
-for ``exp``/``iat``/``nbf`` (PyJWT accepts ``"exp": "9999999999"``), and
-one-line reasons fit for an audit log.
+for ``exp``/``iat``/``nbf`` (PyJWT accepts ``"exp": "9999999999"``), a cap on
+the lifetime ``exp - iat``, a non-empty string ``sub``, the RFC 6749 scope syntax
+(see :mod:`bastion.access.scopes`), and short one-line reasons fit for an audit log.
 
 Header parameters that point at keys (``jku``, ``x5u``, ``x5c``, ``jwk``) are
 ignored: a key named by the token is chosen by whoever forged the token.
@@ -29,13 +30,19 @@ from typing import Any, Protocol
 import jwt
 from jwt import exceptions as jwt_errors
 
+from bastion.access.scopes import scope_string_problem, scopes_from_claim
 from bastion.access.token_keys import HS256_MIN_SECRET_BYTES, key_problem
-from bastion.errors import TokenError, UsageError
+from bastion.errors import ConfigError, TokenError, UsageError
 
 ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "RS256", "PS256", "HS256")
 BASE_REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
 DEFAULT_MAX_TOKEN_BYTES = 8 * 1024
 MAX_LEEWAY_SECONDS = 60
+DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600
+#: The most a policy may allow for exp - iat; `bastion token issue --ttl` has the same ceiling.
+MAX_LIFETIME_SECONDS = 366 * 86400
+#: PyJWT's own messages are quoted in reasons only up to this length.
+_MAX_QUOTED_CHARS = 160
 
 # A key id is only ever a dictionary key here, but it ends up in logs and in
 # other systems' lookups: keep it to a short, boring alphabet.
@@ -62,6 +69,13 @@ class IssuerKeys(Protocol):
     def only_key(self) -> tuple[str | None, Any] | None:
         """The issuer's one fixed key, when it has exactly one that never changes."""
 
+    def still_trusts(self, kid: str | None, key: Any) -> bool:
+        """Whether ``key`` (the object that verified a token) is still this issuer's key ``kid``.
+
+        The verified-claims cache asks this on every hit, so a key withdrawn from a
+        JWKS or rotated under the same kid stops vouching for tokens it verified earlier.
+        """
+
 
 class StaticKeys:
     """Keys loaded once from key files, secrets or a JWKS file."""
@@ -86,6 +100,9 @@ class StaticKeys:
     def only_key(self) -> tuple[str | None, Any] | None:
         return next(iter(self.keys.items())) if len(self.keys) == 1 else None
 
+    def still_trusts(self, kid: str | None, key: Any) -> bool:
+        return any(trusted is key for trusted in self.keys.values())
+
 
 @dataclass(frozen=True)
 class TrustedIssuer:
@@ -108,32 +125,31 @@ class TokenRules:
     leeway_seconds: float = 30
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
     allow_audience_list: bool = False
+    max_lifetime_seconds: float = DEFAULT_MAX_LIFETIME_SECONDS
 
 
 class VerifiedToken:
-    """The claims of a token whose signature and registered claims checked out."""
+    """The claims of a token whose signature and registered claims checked out.
 
-    __slots__ = ("claims", "issuer", "kid", "subject", "jti", "expires_at", "scopes")
+    ``key`` is the key object that verified the signature: the verified-claims cache
+    asks the issuer whether it still trusts that key before it reuses the claims.
+    """
 
-    def __init__(self, claims: dict, issuer: str, kid: str | None):
+    __slots__ = ("claims", "issuer", "kid", "key", "subject", "jti", "expires_at", "scopes")
+
+    def __init__(self, claims: dict, issuer: str, kid: str | None, key: Any = None):
         check_claim_types(claims)
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise TokenError("claim sub must be a non-empty string naming the caller")
         self.claims = claims
         self.issuer = issuer
         self.kid = kid
-        self.subject: str = claims["sub"]
+        self.key = key
+        self.subject: str = subject
         self.jti: str | None = claims.get("jti")
         self.expires_at: float = claims["exp"]
-        self.scopes: tuple[str, ...] = _scopes_of(claims.get("scope"))
-
-
-def _scopes_of(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(value.split())
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise TokenError("scope claim must be a space-separated string or a list of strings")
+        self.scopes: tuple[str, ...] = scopes_from_claim(claims["scope"]) if "scope" in claims else ()
 
 
 class TokenVerifier:
@@ -141,7 +157,7 @@ class TokenVerifier:
 
     def __init__(self, issuers: list[TrustedIssuer], rules: TokenRules):
         if not issuers:
-            raise ValueError("a token verifier needs at least one trusted issuer")
+            raise ConfigError("a token verifier needs at least one trusted issuer")
         self.issuers = {issuer.iss: issuer for issuer in issuers}
         self.rules = rules
         self._options = {"require": list(rules.required_claims), "strict_aud": not rules.allow_audience_list}
@@ -155,21 +171,28 @@ class TokenVerifier:
         """The token as text, after the checks that cost nothing: type, size, ASCII, 3 segments.
 
         Runs before any decoding or cryptography, so an oversized token costs nothing.
+        A ``str`` or ``bytes`` subclass is read through the base type, so no method it
+        overrides runs (and ``type()``, unlike ``isinstance``, cannot be fooled by ``__class__``).
         """
-        if type(token) is not str:
-            if not isinstance(token, (str, bytes, bytearray)):
-                raise TokenError(f"token must be text, got {type(token).__name__}")
-            if len(token) > self._max_bytes:
-                raise TokenError(f"token is {len(token)} bytes, over this policy's limit of {self._max_bytes}")
-            token = str(token) if isinstance(token, str) else bytes(token).decode("latin-1")
-        if len(token) > self._max_bytes:
-            raise TokenError(f"token is {len(token)} bytes, over this policy's limit of {self._max_bytes}")
-        if not token.isascii():
+        kind = type(token)
+        if issubclass(kind, str):
+            text: str | None = str.__str__(token)
+            size = len(text)
+        elif issubclass(kind, (bytes, bytearray)):
+            text, raw = None, memoryview(token)
+            size = raw.nbytes
+        else:
+            raise TokenError(f"token must be text, got {kind.__name__[:40]}")
+        if size > self._max_bytes:
+            raise TokenError(f"token is {size} bytes, over this policy's limit of {self._max_bytes}")
+        if text is None:
+            text = raw.tobytes().decode("latin-1")
+        if not text.isascii():
             raise TokenError("token is not ASCII text")
-        dots = token.count(".")
+        dots = text.count(".")
         if dots != 2:
             raise TokenError(f"token has {dots + 1} segments; a signed JWT has exactly 3 (header.payload.signature)")
-        return token
+        return text
 
     def verify(self, token: Any) -> VerifiedToken:
         """Verify signature and registered claims; TokenError with the reason otherwise."""
@@ -200,7 +223,25 @@ class TokenVerifier:
                 if kid is not None:
                     raise TokenError(f"unknown kid {token_kid!r} for issuer {issuer.iss!r}")
                 kid = token_kid
-        return VerifiedToken(decoded["payload"], issuer.iss, kid)
+        verified = VerifiedToken(decoded["payload"], issuer.iss, kid, key)
+        self._check_lifetime(verified.claims)
+        return verified
+
+    def still_trusted(self, verified: VerifiedToken) -> bool:
+        """Whether the key that verified ``verified`` is still trusted by its issuer (for cached claims)."""
+        issuer = self.issuers.get(verified.issuer)
+        return issuer is not None and issuer.keys.still_trusts(verified.kid, verified.key)
+
+    def _check_lifetime(self, claims: dict) -> None:
+        cap = self.rules.max_lifetime_seconds
+        if "iat" not in claims:
+            raise TokenError(f"token has no iat claim, so its lifetime cannot be checked against this policy's "
+                             f"max_lifetime_seconds of {cap:g}")
+        lifetime = claims["exp"] - claims["iat"]
+        if lifetime > cap:
+            said = f"{lifetime:.0f} s" if lifetime < 1e12 else "more than 10^12 s"
+            raise TokenError(f"token lifetime (exp - iat) is {said}, over this policy's max_lifetime_seconds "
+                             f"of {cap:g}: ask the issuer for a shorter-lived token")
 
     def _issuer_of(self, text: str) -> TrustedIssuer:
         if len(self.issuers) == 1:
@@ -235,8 +276,8 @@ class TokenVerifier:
         if isinstance(exc, jwt_errors.InvalidAlgorithmError):
             return f"alg is not allowed: issuer {issuer.iss!r} is pinned to {issuer.algorithm}"
         if isinstance(exc, jwt_errors.DecodeError):
-            return f"malformed token: {exc}"
-        return f"invalid token: {exc}"
+            return f"malformed token: {str(exc)[:_MAX_QUOTED_CHARS]}"
+        return f"invalid token: {str(exc)[:_MAX_QUOTED_CHARS]}"
 
 
 def decode_segment(segment: str, what: str) -> dict:
@@ -291,29 +332,38 @@ def new_jti() -> str:
 def issue_token(key: Any, algorithm: str, *, iss: str, aud: str, sub: str, ttl_seconds: float,
                 scope: str | None = None, kid: str | None = None, jti: str | None = None,
                 extra_claims: dict | None = None, now: float | None = None) -> str:
-    """Sign a token with ``key`` (a private key object, or HS256 secret bytes); UsageError on bad arguments."""
+    """Sign a token with ``key`` (a private key object, or HS256 secret bytes); UsageError on bad arguments.
+
+    ``scope`` is written exactly as given: a string that breaks the RFC 6749 syntax
+    (see :mod:`bastion.access.scopes`) is refused, never rewritten. None: no scope claim.
+    """
     if algorithm not in ALGORITHMS:
         raise UsageError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     public = key if isinstance(key, bytes) else key.public_key()
     problem = key_problem(algorithm, public)
     if problem:
         raise UsageError(problem)
-    if ttl_seconds <= 0:
-        raise UsageError("the token lifetime (ttl) must be positive")
+    if not (isinstance(ttl_seconds, (int, float)) and 0 < ttl_seconds < math.inf):
+        raise UsageError("the token lifetime (ttl) must be a positive number of seconds")
     if kid is not None and safe_kid_problem(kid):
         raise UsageError(safe_kid_problem(kid))
+    for name, value in (("iss", iss), ("aud", aud), ("sub", sub)):
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{name} must be a non-empty string")
+    if scope is not None and scope_string_problem(scope):
+        raise UsageError(scope_string_problem(scope))
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = dict(extra_claims or {})
     claims.update({"iss": iss, "aud": aud, "sub": sub, "iat": issued, "exp": issued + int(math.ceil(ttl_seconds))})
-    if scope:
-        claims["scope"] = " ".join(scope.split())
+    if scope is not None:
+        claims["scope"] = scope
     if jti:
         claims["jti"] = jti
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
-__all__ = ["ALGORITHMS", "BASE_REQUIRED_CLAIMS", "DEFAULT_MAX_TOKEN_BYTES", "HS256_MIN_SECRET_BYTES",
-           "IssuerKeys", "MAX_LEEWAY_SECONDS", "StaticKeys", "TokenRules", "TokenVerifier", "TrustedIssuer",
+__all__ = ["ALGORITHMS", "BASE_REQUIRED_CLAIMS", "DEFAULT_MAX_LIFETIME_SECONDS", "DEFAULT_MAX_TOKEN_BYTES",
+           "HS256_MIN_SECRET_BYTES", "IssuerKeys", "MAX_LEEWAY_SECONDS", "MAX_LIFETIME_SECONDS", "StaticKeys", "TokenRules", "TokenVerifier", "TrustedIssuer",
            "VerifiedToken", "check_claim_types", "check_header", "decode_segment", "issue_token", "new_jti",
            "safe_kid_problem"]

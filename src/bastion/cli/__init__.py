@@ -3,10 +3,16 @@
 Exit codes: 0 success; 1 a check said no (verification failed, access denied,
 dangerous pickle found); 2 bad input or usage; 70 an internal error (a bug:
 rerun with BASTION_DEBUG=1 for the traceback); 130 interrupted.
+
+Commands load lazily: :data:`COMMANDS` names each command, the module that defines
+it and its one-line help, so ``bastion --help`` lists every command without importing
+any of them, and running a command imports only its own module. Commands that need
+no model (token, keygen, sign, verify, attest, scan) therefore never import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -17,9 +23,44 @@ from bastion.errors import BastionError
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
 
+#: Every command as (name, module, one-line help), in the order ``--help`` lists them.
+#: To add a command, add its line here; its module registers it with ``@main.command()``.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("models", "bastion.cli.attack_cmds", "List the bundled model zoo."),
+    ("attack", "bastion.cli.attack_cmds", "Run one attack; report clean and robust accuracy."),
+    ("bench", "bastion.cli.bench_cmds", "Benchmark robustness with an attack suite (worst case)."),
+    ("train", "bastion.cli.defense_cmds", "Train a model with a defense recipe; write a bundle."),
+    ("sanitize", "bastion.cli.sanitize_cmds", "Sanitise inputs with a recipe, or wrap a model in one."),
+    ("detect", "bastion.cli.sanitize_cmds", "Feature-squeezing detector: calibrate, then measure."),
+    ("certify", "bastion.cli.sanitize_cmds", "Randomized smoothing: certified L2 radius per sample."),
+    ("keygen", "bastion.cli.artifact_cmds", "Write a signing key pair: KEY (mode 0600) and KEY.pub."),
+    ("sign", "bastion.cli.artifact_cmds", "Sign a model (OpenSSF model-signing format)."),
+    ("verify", "bastion.cli.artifact_cmds", "Verify a model's signature (and its attestation)."),
+    ("attest", "bastion.cli.artifact_cmds", "Sign a robustness attestation: model digest + report."),
+    ("scan", "bastion.cli.artifact_cmds", "Scan pickle-based files for code they would run."),
+    ("token", "bastion.cli.token_cmds", "Issue, verify and publish caller tokens (JWT)."),
+)
+_MODULE_OF = {name: module for name, module, _ in COMMANDS}
+
 
 class BastionGroup(click.Group):
-    """Turns library exceptions into one-line messages and meaningful exit codes."""
+    """Loads each command's module on first use, and turns library exceptions into one-line exits."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, _, _ in COMMANDS] + sorted(set(self.commands) - set(_MODULE_OF))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in _MODULE_OF:
+            importlib.import_module(_MODULE_OF[name])  # its decorators register the command on `main`
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`, so ``--help`` imports no command module."""
+        rows = [(name, short_help) for name, _, short_help in COMMANDS]
+        rows += [(name, self.commands[name].get_short_help_str(formatter.width)) for name in self.list_commands(ctx)
+                 if name not in _MODULE_OF and not self.commands[name].hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -51,9 +92,3 @@ def main() -> None:
     Attack a model (attack, bench), make it robust (train, sanitize, certify),
     and control who loads and calls it (keygen, sign, verify, attest, scan, token).
     """
-
-
-# Each module registers its commands on `main`.
-from bastion.cli import (  # noqa: E402,F401
-    artifact_cmds, attack_cmds, bench_cmds, defense_cmds, sanitize_cmds, token_cmds,
-)

@@ -1,4 +1,8 @@
-"""`bastion keygen`, `sign`, `verify`, `attest` and `scan`: signed model artifacts."""
+"""`bastion keygen`, `sign`, `verify`, `attest` and `scan`: signed model artifacts.
+
+Each command imports the library modules it uses inside its body, so it pays only for
+its own (cryptography, PyJWT and the pickle scanner are not free to import).
+"""
 
 from __future__ import annotations
 
@@ -8,53 +12,15 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.common import emit_json, json_option
-from bastion.errors import KeyFileError, UsageError
+from bastion.cli.common import PASSPHRASE_ENV, emit_json, json_option, passphrase_for, passphrase_for_new_key
+from bastion.errors import KeyFileError
 
-PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
 HASH_CHOICES = click.Choice(["sha256", "blake2b", "blake3"])
 hash_option = click.option("--hash", "hash_type", type=HASH_CHOICES, default="sha256", show_default=True,
                            help="Per-file hash. blake3 is the fast mode (model_signing's Python API verifies it; "
                                 "its command line verifies only sha256).")
 workers_option = click.option("--workers", type=click.IntRange(1, 64), default=None,
                               help="Threads hashing files in parallel (default: one per core).")
-
-
-def _passphrase_for_new_key(encrypt: bool) -> bytes | None:
-    from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env:
-        return from_env.encode()
-    if not encrypt:
-        return None
-    try:
-        value = click.prompt("Passphrase for the new key", hide_input=True, confirmation_prompt=True,
-                             err=True, default="", show_default=False)
-    except click.exceptions.Abort:
-        raise UsageError(f"--encrypt: no passphrase was given (set {PASSPHRASE_ENV} or run interactively)") from None
-    if not value:
-        raise UsageError(f"--encrypt: the passphrase is empty (type one, or set {PASSPHRASE_ENV})")
-    return value.encode()
-
-
-def load_signing_key(path: str):
-    """A private key, asking for its passphrase (environment, else prompt) only if it is encrypted."""
-    from bastion.access.keys import load_private_key
-
-    p = Path(path)
-    encrypted = p.is_file() and p.stat().st_size < 65536 and b"ENCRYPTED" in p.read_bytes()
-    passphrase = None
-    if encrypted:
-        from_env = os.environ.get(PASSPHRASE_ENV)
-        try:
-            passphrase = (from_env or click.prompt(f"Passphrase for {path}", hide_input=True, err=True)).encode()
-        except click.exceptions.Abort:
-            raise KeyFileError(f"{path}: the key is encrypted and no passphrase was given "
-                               f"(set {PASSPHRASE_ENV} or run interactively)") from None
-    key = load_private_key(path, passphrase=passphrase)
-    if not hasattr(key, "curve"):
-        raise KeyFileError(f"{path}: model signatures need an ECDSA key (P-256/P-384/P-521); "
-                           "make one with `bastion keygen`")
-    return key
 
 
 @main.command()
@@ -78,7 +44,7 @@ def keygen(out, key_type, encrypt, force, as_json):
         for existing in (target, target.with_name(target.name + ".pub")):
             if existing.exists():
                 raise KeyFileError(f"{existing} exists; refusing to overwrite (pass --force to replace it)")
-    passphrase = _passphrase_for_new_key(encrypt)
+    passphrase = passphrase_for_new_key(encrypt)
     key = generate_private_key(key_type)
     key_path, pub_path = write_keypair(target, key, passphrase=passphrase, force=force)
     summary = {"private_key": str(key_path), "public_key": str(pub_path), "type": key_type,
@@ -105,9 +71,11 @@ def sign(path, key_path, signature, hash_type, workers, as_json):
 
     Example: bastion sign my-model/ --key release.key
     """
+    from bastion.access.envelope import load_signing_key
     from bastion.access.signing import sign_model
 
-    result = sign_model(path, load_signing_key(key_path), signature=signature, hash_type=hash_type, workers=workers)
+    key = load_signing_key(key_path, passphrase_for(key_path))
+    result = sign_model(path, key, signature=signature, hash_type=hash_type, workers=workers)
     summary = {"model": str(result.model), "signature": str(result.signature), "files": result.files,
                "hash_type": result.hash_type, "model_digest": result.root_digest,
                "ignored": list(result.ignore_paths)}
@@ -186,8 +154,9 @@ def attest(path, report, key_path, out, hash_type, workers, as_json):
     Example: bastion attest my-model/ --report runs/report.json --key eval.key
     """
     from bastion.access.attestation import attest_model, read_report
+    from bastion.access.envelope import load_signing_key
 
-    private_key = load_signing_key(key_path)
+    private_key = load_signing_key(key_path, passphrase_for(key_path))
     result = attest_model(path, read_report(report), private_key, out=out, hash_type=hash_type,
                           report_source=str(report), workers=workers)
     ev = result.evaluation

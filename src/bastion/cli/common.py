@@ -1,12 +1,23 @@
-"""Options and printing shared by the CLI commands."""
+"""Options, printing and key passphrases shared by the CLI commands.
+
+Imports nothing heavy: torch is imported inside :func:`pick_device` only, so the
+commands that need no model start at once.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
+import os
+from typing import TYPE_CHECKING, Callable
 
 import click
-import torch
+
+from bastion.errors import KeyFileError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
 
 
 def emit_json(obj) -> None:
@@ -14,15 +25,13 @@ def emit_json(obj) -> None:
 
 
 def _json_default(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # torch tensors and numpy arrays, without importing either
         return obj.tolist()
     return str(obj)
 
 
 def pick_device(name: str) -> torch.device:
-    from bastion.errors import UsageError
+    import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,6 +41,40 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r}: not a device name (use cpu, cuda, cuda:N or auto)") from None
+
+
+def passphrase_for(path: str) -> Callable[[], bytes]:
+    """Where the passphrase of the encrypted key at ``path`` comes from: $BASTION_KEY_PASSPHRASE, else a prompt.
+
+    The library calls it only if the key really is encrypted (never from a command-line argument).
+    """
+    def ask() -> bytes:
+        from_env = os.environ.get(PASSPHRASE_ENV)
+        if from_env:
+            return from_env.encode()
+        try:
+            return click.prompt(f"Passphrase for {path}", hide_input=True, err=True).encode()
+        except click.exceptions.Abort:
+            raise KeyFileError(f"{path}: the key is encrypted and no passphrase was given "
+                               f"(set {PASSPHRASE_ENV} or run interactively)") from None
+    return ask
+
+
+def passphrase_for_new_key(encrypt: bool) -> bytes | None:
+    """The passphrase a new key is encrypted with: $BASTION_KEY_PASSPHRASE, else (with ``encrypt``) a prompt."""
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env.encode()
+    if not encrypt:
+        return None
+    try:
+        value = click.prompt("Passphrase for the new key", hide_input=True, confirmation_prompt=True,
+                             err=True, default="", show_default=False)
+    except click.exceptions.Abort:
+        raise UsageError(f"--encrypt: no passphrase was given (set {PASSPHRASE_ENV} or run interactively)") from None
+    if not value:
+        raise UsageError(f"--encrypt: the passphrase is empty (type one, or set {PASSPHRASE_ENV})")
+    return value.encode()
 
 
 model_option = click.option("--model", "-m", "model_ref", default="mnist-cnn", show_default=True,
@@ -44,7 +87,3 @@ device_option = click.option("--device", default="auto", show_default=True, help
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

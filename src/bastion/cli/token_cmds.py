@@ -1,4 +1,8 @@
-"""`bastion token issue | verify | jwks`: caller tokens (JWT) checked against an access policy."""
+"""`bastion token issue | verify | jwks`: caller tokens (JWT) checked against an access policy.
+
+Each command imports the library modules it uses inside its body, so it pays only for
+its own (cryptography, PyJWT and the pickle scanner are not free to import).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,12 @@ import time
 import click
 
 from bastion.cli import main
-from bastion.cli.common import emit_json, json_option
+from bastion.cli.common import PASSPHRASE_ENV, emit_json, json_option, passphrase_for
 from bastion.errors import TokenError, UsageError
 
-_TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_TTL = re.compile(r"(\d{1,9}(?:\.\d{1,9})?)\s*([smhd]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TTL_SECONDS = 366 * 86400
+MAX_TTL_SECONDS = 366 * 86400  # the same ceiling as a policy's max_lifetime_seconds
 
 
 def parse_ttl(text: str) -> float:
@@ -37,15 +41,16 @@ def token() -> None:
 
 @token.command("issue")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False),
-              help="Private key (PEM) to sign with; its type picks the algorithm. "
-                   "Encrypted keys read BASTION_KEY_PASSPHRASE.")
+              help=f"Private key (PEM) to sign with; its type picks the algorithm. "
+                   f"Encrypted keys read ${PASSPHRASE_ENV} or prompt.")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="HS256: file holding the shared secret.")
 @click.option("--secret-env", metavar="VAR", help="HS256: environment variable holding the shared secret.")
 @click.option("--alg", "rsa_alg", type=click.Choice(["RS256", "PS256"]), help="For an RSA key (default RS256).")
 @click.option("--iss", required=True, help="Issuer (iss), as the policy names it.")
 @click.option("--aud", required=True, help="Audience (aud), e.g. bastion-gateway.")
 @click.option("--sub", required=True, help="Subject (sub): who the caller is.")
-@click.option("--scope", "scopes", multiple=True, help="Scope(s) granted, e.g. --scope predict (repeatable).")
+@click.option("--scope", "scopes", multiple=True,
+              help="Scope(s) granted, e.g. --scope predict (repeatable; printable ASCII without space, '\"' or '\\').")
 @click.option("--ttl", default="15m", show_default=True, help="Lifetime: 900, 30s, 15m, 1h, 2d.")
 @click.option("--kid", help="Key id for the header (default: the key's RFC 7638 thumbprint; none for HS256).")
 @click.option("--jti", default="auto", show_default=True, help="Token id: auto (random), none, or a value.")
@@ -65,12 +70,8 @@ def token_issue(key_path, secret_file, secret_env, rsa_alg, iss, aud, sub, scope
     if key_path:
         from bastion.access.keys import load_private_key
 
-        passphrase = os.environ.get("BASTION_KEY_PASSPHRASE")
-        key = load_private_key(key_path, passphrase.encode() if passphrase else None)
-        try:
-            algorithm = algorithm_for_key(key.public_key(), rsa_alg or "RS256")
-        except ValueError as exc:
-            raise UsageError(f"--key {key_path}: {exc}") from None
+        key = load_private_key(key_path, passphrase_for(key_path))
+        algorithm = algorithm_for_key(key.public_key(), rsa_alg or "RS256")
         if rsa_alg and algorithm != rsa_alg:
             raise UsageError(f"--alg {rsa_alg} applies to RSA keys only; this key signs {algorithm}")
         kid = kid or thumbprint(key.public_key())
@@ -79,13 +80,13 @@ def token_issue(key_path, secret_file, secret_env, rsa_alg, iss, aud, sub, scope
             raise UsageError("--alg applies to RSA keys only")
         key, algorithm = _read_secret(secret_file, secret_env), "HS256"
     token_text = issue_token(key, algorithm, iss=iss, aud=aud, sub=sub, ttl_seconds=parse_ttl(ttl),
-                             scope=" ".join(scopes) or None, kid=kid,
+                             scope=" ".join(scopes) if scopes else None, kid=kid,
                              jti=new_jti() if jti == "auto" else None if jti == "none" else jti)
     click.echo(token_text)
 
 
 def _read_secret(secret_file: str | None, secret_env: str | None) -> bytes:
-    from bastion.access.token_keys import secret_problem
+    from bastion.access.token_keys import read_secret_file, secret_problem
 
     if secret_env:
         value = os.environ.get(secret_env)
@@ -93,10 +94,7 @@ def _read_secret(secret_file: str | None, secret_env: str | None) -> bytes:
             raise UsageError(f"--secret-env {secret_env}: the variable is not set")
         secret = value.encode("utf-8")
     else:
-        try:
-            secret = open(secret_file, "rb").read(1024 * 1024).rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"--secret-file {secret_file}: {exc.strerror}") from None
+        secret = read_secret_file(secret_file)
     problem = secret_problem(secret)
     if problem:
         raise UsageError(problem)
@@ -114,11 +112,16 @@ def token_verify(token_text, policy_ref, action, model, as_json) -> None:
 
     Example: bastion token verify "$TOKEN" --policy gateway --action predict --model mnist-cnn
     """
-    from bastion.access.policy import Decision
+    from bastion.access.names import model_name_problem
+    from bastion.access.policy import Decision, action_problem
     from bastion.access.policy_file import load_policy
 
     if model and not action:
         raise UsageError("--model needs --action (what the caller wants to do with the model)")
+    if action and action_problem(action):
+        raise UsageError(f"--action: {action_problem(action)}")
+    if model and model_name_problem(model):
+        raise UsageError(f"--model: {model_name_problem(model)}")
     policy = load_policy(policy_ref)
     if token_text == "-":
         token_text = sys.stdin.read(policy.verifier.rules.max_token_bytes + 1024)
@@ -131,7 +134,7 @@ def token_verify(token_text, policy_ref, action, model, as_json) -> None:
         except TokenError as exc:
             decision = Decision(False, f"rejected: {exc}")
         else:
-            decision = Decision(True, f"valid: token of {verified.subject!r} from issuer {verified.issuer!r}",
+            decision = Decision(True, f"valid: token of {verified.subject[:80]!r} from issuer {verified.issuer[:80]!r}",
                                 token=verified)
     if as_json:
         emit_json({**decision.to_dict(), "policy": policy.source})
@@ -158,10 +161,7 @@ def token_jwks(public_keys, rsa_alg, out) -> None:
     from bastion.access.keys import load_public_key
 
     keys = [load_public_key(path) for path in public_keys]
-    try:
-        document = jwks_document(keys, rsa_alg)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    document = jwks_document(keys, rsa_alg)
     if out:
         from bastion.fsutil import atomic_write_text
 
