@@ -39,6 +39,7 @@ class AttackResult:
     robust: torch.Tensor         # bool: still classified correctly after the attack (re-checked)
     seconds: float
     loss_trace: list[float] = field(default_factory=list)  # mean loss per step over the working batch
+    loss_counts: list[int] = field(default_factory=list)   # per-sample losses behind each step's mean
     queries: int = 0             # model evaluations spent (forward passes, counted per sample)
 
     @property
@@ -91,8 +92,8 @@ class Attack:
         return {"norm": self.threat.norm, "batch_size": self.batch_size or "auto", "seed": self.seed}
 
     def batch_for(self, device: torch.device) -> int:
-        """The batch size on ``device``: the one given, else 256 on a CPU and 1,000 elsewhere."""
-        return self.batch_size or (CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE)
+        """The batch size on ``device``: the one given, else :func:`default_batch_size`."""
+        return self.batch_size or default_batch_size(device)
 
     # ---- the contract ----------------------------------------------------------------
     def run(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> list[AttackResult]:
@@ -130,7 +131,7 @@ class Attack:
                 results.append(AttackResult(
                     attack=self.name, eps=eps, x_adv=x_adv.clone(), clean_correct=clean_correct,
                     robust=robust.clone(), seconds=time.perf_counter() - start,
-                    loss_trace=self._finish_trace(), queries=self._queries))
+                    loss_trace=self._finish_trace(), loss_counts=list(self._trace_counts), queries=self._queries))
             return results
         finally:
             _restore_module_state(saved)
@@ -230,8 +231,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes, in batches, without gradients."""
+def default_batch_size(device: torch.device) -> int:
+    """Samples per batch when none is given: 256 on a CPU, 1,000 on an accelerator (see above)."""
+    return CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted classes, in batches (default: :func:`default_batch_size`), without gradients."""
+    batch_size = batch_size or default_batch_size(x.device)
     with torch.no_grad():
         return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]) if len(x) else \
             torch.empty(0, dtype=torch.long, device=x.device)

@@ -42,10 +42,7 @@ class AttackSpec:
     name: str
     params: dict[str, Any]
     label: str  # unique within the suite: the name, or name#k when a name repeats
-
-    @property
-    def family(self) -> str:
-        return ATTACKS[self.name].family
+    family: str  # the family of the attack these parameters make (the ART adapter's depends on them)
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,7 @@ def _check_entry(entry: dict, index: int, names: list, threat: ThreatModel, wher
             raise where.error(key, f"attack {name!r}: {key} must be a number, string, boolean or a list of them",
                               table=index)
     try:
-        ATTACKS[name](threat, **params)
+        attack = ATTACKS[name](threat, **params)
     except TypeError as exc:
         match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if match:
@@ -172,7 +169,7 @@ def _check_entry(entry: dict, index: int, names: list, threat: ThreatModel, wher
     except AttackError as exc:
         raise where.error(_blamed_key(str(exc), params), f"attack {name!r}: {exc}", table=index) from None
     label = name if names.count(name) == 1 else f"{name}#{names[:index + 1].count(name)}"
-    return AttackSpec(name=name, params=params, label=label)
+    return AttackSpec(name=name, params=params, label=label, family=attack.family)
 
 
 def _blamed_key(message: str, params: dict[str, Any]) -> str:
