@@ -24,8 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from bastion.attacks.base import Attack, ce_loss, dlr_loss, lp_normalize
+from bastion.attacks.base import Attack, ce_loss, dlr_loss
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import ascent_step, per_sample
 from bastion.errors import AttackError
 
 #: loss(logits, y, target) -> per-sample loss to maximise; target is None for untargeted losses.
@@ -50,15 +51,14 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
     Returns the points (the first misclassified iterate of each sample, else its point of
     highest loss) and a bool mask of the samples that were misclassified.
     """
-    project, norm = attack.threat.project, attack.threat.norm
-    view = (-1,) + (1,) * (x.dim() - 1)
+    project = attack.threat.project
     out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
     def loss_of(rows):  # the loss of the working batch, whose rows of x are ``rows``
         return lambda logits, labels: loss_fn(logits, labels, None if target is None else target[rows])
 
     rows = torch.arange(len(x), device=x.device)
-    x_adv = attack.random_start(x, eps)
+    x_adv = attack.random_point(x, eps)
     loss, grad, logits = attack.loss_and_grad(model, x_adv, y, loss_of(rows))
     s = {  # per-sample state of the working batch; every entry is subset together
         "rows": rows, "x_adv": x_adv, "x_prev": x_adv, "grad": grad, "loss": loss,
@@ -73,7 +73,7 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         if len(s["rows"]) == 0:
             break
         x0, a = x[s["rows"]], (MOMENTUM if k > 1 else 1.0)
-        z = project(x0, s["x_adv"] + s["eta"].view(view) * lp_normalize(s["grad"], norm), eps)
+        z = ascent_step(attack.threat, x0, s["x_adv"], s["grad"], s["eta"], eps)
         x_new = project(x0, s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_prev"]), eps)
         s["x_prev"], s["x_adv"] = s["x_adv"], x_new
         if k == steps:  # the last iterate needs a prediction and a loss, not a gradient
@@ -85,8 +85,8 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         s["increases"] += (loss > s["loss"]).float()
         s["loss"], s["grad"] = loss, grad
         better = loss > s["loss_best"]
-        s["x_best"] = torch.where(better.view(view), x_new, s["x_best"])
-        s["grad_best"] = torch.where(better.view(view), grad, s["grad_best"])
+        s["x_best"] = torch.where(per_sample(better, x_new), x_new, s["x_best"])
+        s["grad_best"] = torch.where(per_sample(better, grad), grad, s["grad_best"])
         s["loss_best"] = torch.where(better, loss, s["loss_best"])
         s = _drop_fooled(s, logits, y, out, fooled)  # logits belong to s["x_adv"] until the checkpoint below
         if marks and k == marks[0]:
@@ -94,8 +94,8 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
             stalled = ~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])
             halve = few_increases | stalled
             s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-            s["x_adv"] = torch.where(halve.view(view), s["x_best"], s["x_adv"])
-            s["grad"] = torch.where(halve.view(view), s["grad_best"], s["grad"])
+            s["x_adv"] = torch.where(per_sample(halve, x0), s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(per_sample(halve, x0), s["grad_best"], s["grad"])
             s["loss"] = torch.where(halve, s["loss_best"], s["loss"])
             s["halved_at_check"], s["loss_best_at_check"] = halve, s["loss_best"]
             s["increases"] = torch.zeros_like(s["increases"])

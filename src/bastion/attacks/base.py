@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.toolbox import per_sample, random_in_ball, steepest_ascent
 from bastion.errors import AttackError
 from bastion.models.loading import LoadedModel, as_module
 from bastion.threat import ThreatModel
@@ -124,7 +125,7 @@ class Attack:
                         candidate = torch.where(torch.isfinite(candidate), candidate, xb)  # a NaN is no attack
                         candidate = self.threat.project(xb, candidate, eps)
                         fooled = predict(module, candidate, batch) != yb
-                        x_adv[chunk] = torch.where(_expand(fooled, candidate), candidate, x_adv[chunk])
+                        x_adv[chunk] = torch.where(per_sample(fooled, candidate), candidate, x_adv[chunk])
                         robust[chunk[fooled]] = False
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -168,17 +169,9 @@ class Attack:
         self._trace_sums[step] = self._trace_sums[step] + loss.detach().float().sum()
         self._trace_counts[step] += loss.numel()
 
-    def random_start(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """A uniformly random point of the eps ball (inside the input bounds)."""
-        if self.threat.norm == "linf":
-            noise = torch.empty_like(x).uniform_(-eps, eps, generator=self.generator)
-        else:
-            direction = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            dims = x[0].numel()
-            radius = eps * torch.rand(len(x), generator=self.generator, device=x.device) ** (1.0 / dims)
-            noise = direction * radius.view(-1, *[1] * (x.dim() - 1))
-        return self.threat.project(x, x + noise, eps)
+    def random_point(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """A uniformly random point of the eps ball around each sample (inside the input bounds)."""
+        return self.threat.project(x, x + random_in_ball(x, self.threat.norm, eps, self.generator), eps)
 
     def rand(self, *shape: int, device: torch.device) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, device=device)
@@ -266,12 +259,6 @@ def _restore_module_state(saved) -> None:
         param.requires_grad_(requires_grad)
 
 
-def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *[1] * (like.dim() - 1))
-
-
-def lp_normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction for a gradient: sign for Linf, unit L2 vector for L2."""
-    if norm == "linf":
-        return v.sign()
-    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (v.dim() - 1))
+#: The old name of :func:`~bastion.attacks.toolbox.steepest_ascent`, kept until the training
+#: losses (defenses/training/losses.py) import it from the toolbox.
+lp_normalize = steepest_ascent

@@ -19,6 +19,7 @@ import torch
 
 from bastion.attacks.base import Attack
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import margin, per_sample
 from bastion.errors import AttackError
 
 NO_UPPER_BOUND = 1e10
@@ -50,7 +51,6 @@ class CarliniWagnerL2(Attack):
         const = torch.full((len(x),), self.initial_const, device=x.device)
         lower, upper = torch.zeros_like(const), torch.full_like(const, NO_UPPER_BOUND)
         best, best_l2 = x.clone(), torch.full_like(const, float("inf"))
-        view = (-1,) + (1,) * (x.dim() - 1)
         for search in range(self.binary_search_steps):
             w = w_clean.clone().requires_grad_(True)
             optimiser = torch.optim.Adam([w], lr=self.lr)
@@ -70,7 +70,7 @@ class CarliniWagnerL2(Attack):
                 fooled = (logits.detach().argmax(1) != y) & (self._f(logits.detach(), y) <= -self.confidence)
                 l2 = l2_squared.detach().sqrt()
                 closer = fooled & (l2 < best_l2)
-                best = torch.where(closer.view(view), x_adv.detach(), best)
+                best = torch.where(per_sample(closer, x), x_adv.detach(), best)
                 best_l2 = torch.where(closer, l2, best_l2)
                 succeeded |= fooled
                 optimiser.step()
@@ -85,6 +85,4 @@ class CarliniWagnerL2(Attack):
         return best
 
     def _f(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        best_other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return (true - best_other).clamp_min(-self.confidence)
+        return margin(logits, y).clamp_min(-self.confidence)

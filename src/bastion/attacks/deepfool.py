@@ -18,6 +18,7 @@ import torch
 
 from bastion.attacks.base import Attack
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import per_sample
 from bastion.errors import AttackError
 
 
@@ -41,7 +42,6 @@ class DeepFool(Attack):
         candidates = clean_logits.argsort(dim=1, descending=True)[:, 1:n_candidates]  # the true class is first
         out, r_total = x.clone(), torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
-        view = (-1,) + (1,) * (x.dim() - 1)
         for step in range(self.steps):
             x_i = (x[rows] + (1 + self.overshoot) * r_total).clamp(*self.threat.bounds)
             classes = torch.cat([y[rows, None], candidates[rows]], 1)
@@ -62,9 +62,9 @@ class DeepFool(Attack):
             pick = lambda t: t[torch.arange(len(t), device=t.device), closest]
             f_k, w_k, dual_k = pick(f).abs(), pick(w), pick(dual).clamp_min(1e-12)
             if self.threat.norm == "linf":
-                r = ((f_k + 1e-4) / dual_k).view(view) * w_k.sign()
+                r = per_sample((f_k + 1e-4) / dual_k, w_k) * w_k.sign()
             else:
-                r = ((f_k + 1e-4) / dual_k ** 2).view(view) * w_k
+                r = per_sample((f_k + 1e-4) / dual_k ** 2, w_k) * w_k
             r_total = r_total + r
         final = (x[rows] + (1 + self.overshoot) * r_total).clamp(*self.threat.bounds)
         out[rows] = final

@@ -21,6 +21,7 @@ import torch
 
 from bastion.attacks.base import Attack
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import per_sample
 from bastion.errors import AttackError
 
 
@@ -99,8 +100,7 @@ class FABT(Attack):
     def _run(self, model, x, y, target, eps, rows, best, best_dist, random_start):
         """One FAB pass toward ``target`` for ``rows``; improves ``best``/``best_dist`` in place."""
         x_orig = x[rows]
-        x_i = x_orig + 0.5 * (self.random_start(x_orig, eps) - x_orig) if random_start else x_orig.clone()
-        view = (-1,) + (1,) * (x.dim() - 1)
+        x_i = x_orig + 0.5 * (self.random_point(x_orig, eps) - x_orig) if random_start else x_orig.clone()
         for step in range(self.steps):
             t, yy = target[rows], y[rows]
             f, grad, _ = self.loss_and_grad(model, x_i, yy, lambda logits, labels: _gap(logits, t, labels))
@@ -109,14 +109,14 @@ class FABT(Attack):
             d_i = self._project(x_i, grad, -f)
             d_o = self._project(x_orig, grad, -f - (grad * (x_orig - x_i)).flatten(1).sum(1))
             n_i, n_o = self.threat.distance(x_i, x_i + d_i), self.threat.distance(x_orig, x_orig + d_o)
-            alpha = (n_i / (n_i + n_o).clamp_min(1e-12)).clamp(0, self.alpha_max).view(view)
+            alpha = per_sample((n_i / (n_i + n_o).clamp_min(1e-12)).clamp(0, self.alpha_max), x_i)
             x_i = ((1 - alpha) * (x_i + self.eta * d_i) + alpha * (x_orig + self.eta * d_o)).clamp(*self.threat.bounds)
 
             is_adv = self.logits(model, x_i).argmax(1) != yy
             dist = self.threat.distance(x_orig, x_i)
             closer = is_adv & (dist < best_dist[rows])
             best[rows[closer]], best_dist[rows[closer]] = x_i[closer], dist[closer]
-            x_i = torch.where(is_adv.view(view), (1 - self.beta) * x_orig + self.beta * x_i, x_i)
+            x_i = torch.where(per_sample(is_adv, x_i), (1 - self.beta) * x_orig + self.beta * x_i, x_i)
 
             keep = best_dist[rows] > eps  # done once an adversarial inside the eps ball is found
             if not keep.all():

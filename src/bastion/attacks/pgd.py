@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from bastion.attacks.base import Attack, lp_normalize
+from bastion.attacks.base import Attack
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import ascent_step
 from bastion.errors import AttackError
 
 
@@ -32,7 +33,7 @@ class PGD(Attack):
         alive = torch.arange(len(x), device=x.device)  # samples not yet fooled
         for _ in range(self.restarts):
             x0, y0 = x[alive], y[alive]
-            x_adv = self.random_start(x0, eps) if self.use_random_start else x0.clone()
+            x_adv = self.random_point(x0, eps) if self.use_random_start else x0.clone()
             idx = torch.arange(len(x0), device=x.device)  # rows of x0 still being optimised
             for step in range(self.steps + 1):
                 if step == self.steps:  # the last point needs a prediction, not a gradient
@@ -47,7 +48,7 @@ class PGD(Attack):
                     break
                 self.log_loss(step, loss)
                 idx, x_adv, grad = idx[keep], x_adv[keep], grad[keep]
-                x_adv = self.threat.project(x0[idx], x_adv + alpha * lp_normalize(grad, self.threat.norm), eps)
+                x_adv = ascent_step(self.threat, x0[idx], x_adv, grad, alpha, eps)
             alive = alive[idx[keep]] if keep.any() else alive[:0]
             if len(alive) == 0:
                 break

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.toolbox import ascent_step, random_in_ball
 from bastion.defenses.transforms import BitDepth, MedianSmooth, Transform, apply_for_attack
 from bastion.errors import UsageError
 from bastion.threat import ThreatModel
@@ -91,8 +92,9 @@ def adaptive_evasion_attack(detector: FeatureSqueezingDetector, x: torch.Tensor,
     eps = threat.single
     alpha = step_size or 2.5 * eps / steps
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
-    x_adv = threat.project(x, x + noise if threat.norm == "linf" else x, eps)
+    # A random start in the Linf cube; for L2, start at x itself.
+    start = x + random_in_ball(x, "linf", eps, generator) if threat.norm == "linf" else x
+    x_adv = threat.project(x, start, eps)
     best = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     margin = detector.threshold / 2
@@ -114,9 +116,7 @@ def adaptive_evasion_attack(detector: FeatureSqueezingDetector, x: torch.Tensor,
         done |= evaded
         if bool(done.all()):
             break
-        direction = grad.sign() if threat.norm == "linf" else \
-            grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-        x_adv = threat.project(x, x_adv.detach() + alpha * direction, eps)
+        x_adv = ascent_step(threat, x, x_adv.detach(), grad, alpha, eps)
     still = ~done
     best[still] = x_adv.detach()[still]  # no evasion found: return the last iterate
     return best

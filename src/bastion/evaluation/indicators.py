@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from bastion.attacks.base import lp_normalize
 from bastion.attacks.pgd import PGD
+from bastion.attacks.toolbox import ascent_step, margin, random_in_ball
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.state import Indicator, RunState
 from bastion.evaluation.suite import Suite
@@ -102,9 +102,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Unlike cross-entropy it does not saturate on confident predictions, so a zero
     gradient here means the model itself gives none.
     """
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return others.amax(dim=1) - true
+    return -margin(logits, y)
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +118,7 @@ def check_gradients(model, x, y, threat: ThreatModel, seed: int) -> Indicator:
     if len(x) == 0:
         return _make("gradients", "skipped", "No correctly classified sample to probe.")
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * threat.single
+    noise = random_in_ball(x, threat.norm, threat.single, generator)
     points = {"clean": x, "random point in the eps ball": threat.project(x, x + noise)}
     zero, nan = {}, {}
     for where, xs in points.items():
@@ -165,7 +163,7 @@ def check_loss_increase(model, x, y, threat: ThreatModel) -> Indicator:
         start, grad = input_gradient(model, x, y)
         best, x_adv = start.clone(), x.clone()
         for _ in range(ASCENT_STEPS):
-            x_adv = threat.project(x, x_adv + step * lp_normalize(grad, threat.norm), eps)
+            x_adv = ascent_step(threat, x, x_adv, grad, step, eps)
             loss, grad = input_gradient(model, x_adv, y)
             best = torch.maximum(best, torch.nan_to_num(loss, nan=float("-inf")))
     except RuntimeError:
