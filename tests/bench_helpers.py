@@ -11,6 +11,7 @@ from torch import nn
 
 from bastion.attacks import ATTACKS, Attack, AttackResult
 from bastion.attacks.base import predict
+from bastion.attacks.params import Params, integer
 from bastion.data import Dataset
 from bastion.evaluation.state import Fingerprint, RunState, Unit
 from bastion.models.loading import LoadedModel
@@ -85,12 +86,10 @@ class RandomSearch(Attack):
     """Black-box: tries random corners of the Linf ball, keeps the first that fools."""
 
     name = "test-random-search"
-    family = "black-box"
+    FAMILY = "black-box"
     norms = ("linf",)
-
-    def __init__(self, threat, *, tries: int = 50, **kwargs):
-        super().__init__(threat, **kwargs)
-        self.tries = tries
+    PARAMS = Params(integer("tries", 50, 1, 1000))
+    tries: int
 
     def attack_batch(self, model, x, y, eps):
         best = x.clone()

@@ -13,21 +13,22 @@ After a halving the iterate restarts from the best point found so far. Checkpoin
 sit at p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions
 of the budget). Samples leave the working batch as soon as they are misclassified.
 
-:func:`apgd` is the optimiser; APGD-CE and APGD-DLR pick its loss, APGD-T (apgd_t.py)
-runs it with a targeted loss.
+:func:`apgd` is the optimiser; APGD-CE and APGD-DLR pick its untargeted loss, APGD-T
+(apgd_t.py) runs it with a targeted one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from bastion.attacks.base import Attack, ce_loss, dlr_loss
+from bastion.attacks.params import MAX_RESTARTS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
 from bastion.attacks.toolbox import ascent_step, per_sample
-from bastion.errors import AttackError
 
 #: loss(logits, y, target) -> per-sample loss to maximise; target is None for untargeted losses.
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -115,28 +116,29 @@ def _drop_fooled(s: dict, logits: torch.Tensor, y: torch.Tensor, out: torch.Tens
     return {name: value[keep] for name, value in s.items()}
 
 
-class APGD(Attack):
-    """Shared constructor and restarts; subclasses choose the loss."""
+APGD_PARAMS = Params(
+    integer("steps", 100, 1, MAX_STEPS),
+    integer("restarts", 1, 1, MAX_RESTARTS),
+    number("rho", 0.75, 0, 1, low_open=True, help="share of steps that must raise the loss"),
+)
 
-    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, rho: float = 0.75, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(restarts) < 1:
-            raise AttackError(f"{self.name}: steps and restarts must be >= 1")
-        if not 0 < float(rho) <= 1:
-            raise AttackError(f"{self.name}: rho must be in (0, 1], got {rho}")
-        self.steps, self.restarts, self.rho = int(steps), int(restarts), float(rho)
 
-    def params(self):
-        return {**super().params(), "steps": self.steps, "restarts": self.restarts, "rho": self.rho}
+class UntargetedAPGD(Attack):
+    """APGD with an untargeted loss, restarted on the samples that survive; subclasses name the loss."""
 
-    def loss(self, logits, y, target):
-        raise NotImplementedError
+    PARAMS = APGD_PARAMS
+    #: The per-sample loss to maximise, ``loss(logits, y)``; each subclass names one.
+    loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    steps: int
+    restarts: int
+    rho: float
 
     def attack_batch(self, model, x, y, eps):
+        objective = lambda logits, labels, target: self.loss(logits, labels)  # noqa: E731
         best = x.clone()
         alive = torch.arange(len(x), device=x.device)
         for _ in range(self.restarts):
-            found, fooled = apgd(self, model, x[alive], y[alive], eps, self.loss, steps=self.steps, rho=self.rho)
+            found, fooled = apgd(self, model, x[alive], y[alive], eps, objective, steps=self.steps, rho=self.rho)
             best[alive] = found
             alive = alive[~fooled]
             if len(alive) == 0:
@@ -145,16 +147,12 @@ class APGD(Attack):
 
 
 @register
-class APGDCE(APGD):
+class APGDCE(UntargetedAPGD):
     name = "apgd-ce"
-
-    def loss(self, logits, y, target):
-        return ce_loss(logits, y)
+    loss = staticmethod(ce_loss)
 
 
 @register
-class APGDDLR(APGD):
+class APGDDLR(UntargetedAPGD):
     name = "apgd-dlr"
-
-    def loss(self, logits, y, target):
-        return dlr_loss(logits, y)
+    loss = staticmethod(dlr_loss)

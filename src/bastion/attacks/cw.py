@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_SEARCH_STEPS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
 from bastion.attacks.toolbox import margin, per_sample
-from bastion.errors import AttackError
 
 NO_UPPER_BOUND = 1e10
 
@@ -29,20 +29,18 @@ NO_UPPER_BOUND = 1e10
 class CarliniWagnerL2(Attack):
     name = "cw-l2"
     norms = ("l2",)
-
-    def __init__(self, threat, *, steps: int = 100, binary_search_steps: int = 9, confidence: float = 0.0,
-                 lr: float = 0.01, initial_const: float = 1e-3, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(binary_search_steps) < 1:
-            raise AttackError(f"{self.name}: steps and binary_search_steps must be >= 1")
-        if lr <= 0 or initial_const <= 0 or confidence < 0:
-            raise AttackError(f"{self.name}: lr and initial_const must be > 0 and confidence >= 0")
-        self.steps, self.binary_search_steps = int(steps), int(binary_search_steps)
-        self.confidence, self.lr, self.initial_const = float(confidence), float(lr), float(initial_const)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "binary_search_steps": self.binary_search_steps,
-                "confidence": self.confidence, "lr": self.lr, "initial_const": self.initial_const}
+    PARAMS = Params(
+        integer("steps", 100, 1, MAX_STEPS),
+        integer("binary_search_steps", 9, 1, MAX_SEARCH_STEPS),
+        number("confidence", 0.0, 0),
+        number("lr", 0.01, 0, low_open=True),
+        number("initial_const", 1e-3, 0, low_open=True),
+    )
+    steps: int
+    binary_search_steps: int
+    confidence: float
+    lr: float
+    initial_const: float
 
     def attack_batch(self, model, x, y, eps):
         lo, hi = self.threat.bounds
@@ -64,7 +62,7 @@ class CarliniWagnerL2(Attack):
                     loss = l2_squared + const * self._f(logits, y)
                     optimiser.zero_grad()
                     loss.sum().backward()
-                self._queries += len(x)
+                self.count_queries(len(x))
                 self.log_loss(step, loss.detach())
                 # The point just evaluated (before this step's update) is the one whose logits we hold.
                 fooled = (logits.detach().argmax(1) != y) & (self._f(logits.detach(), y) <= -self.confidence)

@@ -17,24 +17,22 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_CLASSES, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
 from bastion.attacks.toolbox import per_sample
-from bastion.errors import AttackError
 
 
 @register
 class DeepFool(Attack):
     name = "deepfool"
-
-    def __init__(self, threat, *, steps: int = 50, overshoot: float = 0.02, num_classes: int = 10, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(num_classes) < 2 or overshoot < 0:
-            raise AttackError(f"{self.name}: need steps >= 1, num_classes >= 2 and overshoot >= 0")
-        self.steps, self.overshoot, self.num_classes = int(steps), float(overshoot), int(num_classes)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "overshoot": self.overshoot,
-                "num_classes": self.num_classes}
+    PARAMS = Params(
+        integer("steps", 50, 1, MAX_STEPS),
+        number("overshoot", 0.02, 0),
+        integer("num_classes", 10, 2, MAX_CLASSES, help="candidate classes, the most likely first"),
+    )
+    steps: int
+    overshoot: float
+    num_classes: int
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)
@@ -80,5 +78,5 @@ class DeepFool(Attack):
             picked = logits.gather(1, classes)
             grads = [torch.autograd.grad(picked[:, k].sum(), x, retain_graph=k < classes.shape[1] - 1)[0]
                      for k in range(classes.shape[1])]
-        self._queries += len(x)
+        self.count_queries(len(x))
         return logits.detach(), torch.stack(grads, 1)

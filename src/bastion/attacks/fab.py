@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
 from bastion.attacks.toolbox import per_sample
-from bastion.errors import AttackError
 
 
 def project_onto_hyperplane(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, bounds: tuple[float, float],
@@ -68,21 +68,20 @@ def _solve_piecewise_linear(weight: torch.Tensor, breakpoint: torch.Tensor, need
 @register
 class FABT(Attack):
     name = "fab-t"
-
-    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
-            raise AttackError(f"{self.name}: steps, restarts and n_target_classes must be >= 1")
-        if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta <= 1):
-            raise AttackError(f"{self.name}: need 0 <= alpha_max <= 1, eta >= 1 and 0 < beta <= 1")
-        self.steps, self.restarts, self.n_target_classes = int(steps), int(restarts), int(n_target_classes)
-        self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "restarts": self.restarts,
-                "n_target_classes": self.n_target_classes, "alpha_max": self.alpha_max, "eta": self.eta,
-                "beta": self.beta}
+    PARAMS = Params(
+        integer("steps", 100, 1, MAX_STEPS),
+        integer("restarts", 1, 1, MAX_RESTARTS),
+        integer("n_target_classes", 9, 1, MAX_CLASSES),
+        number("alpha_max", 0.1, 0, 1),
+        number("eta", 1.05, 1),
+        number("beta", 0.9, 0, 1, low_open=True),
+    )
+    steps: int
+    restarts: int
+    n_target_classes: int
+    alpha_max: float
+    eta: float
+    beta: float
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)

@@ -20,6 +20,7 @@ import math
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_QUERIES, Params, integer, number
 from bastion.attacks.registry import register
 from bastion.attacks.toolbox import margin, per_sample
 from bastion.errors import AttackError
@@ -31,16 +32,13 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
 @register
 class Square(Attack):
     name = "square"
-    family = "black-box"
-
-    def __init__(self, threat, *, n_queries: int = 5000, p_init: float = 0.8, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(n_queries) < 1 or not 0 < p_init <= 1:
-            raise AttackError(f"{self.name}: need n_queries >= 1 and 0 < p_init <= 1")
-        self.n_queries, self.p_init = int(n_queries), float(p_init)
-
-    def params(self):
-        return {**super().params(), "n_queries": self.n_queries, "p_init": self.p_init}
+    FAMILY = "black-box"
+    PARAMS = Params(
+        integer("n_queries", 5000, 1, MAX_QUERIES),
+        number("p_init", 0.8, 0, 1, low_open=True, help="initial share of the image a square covers"),
+    )
+    n_queries: int
+    p_init: float
 
     def attack_batch(self, model, x, y, eps):
         if x.dim() != 4:

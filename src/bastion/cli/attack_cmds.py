@@ -45,18 +45,6 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
-def accepted_params(attack_cls) -> str:
-    """The keyword parameters an attack's constructor takes, for error messages."""
-    import inspect
-
-    names = []
-    for cls in attack_cls.__mro__:
-        if "__init__" in vars(cls):
-            names += [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                      if p.kind is p.KEYWORD_ONLY and p.name not in names]
-    return ", ".join(n for n in names if n not in ("batch_size", "seed")) or "no parameters"
-
-
 def parse_eps(values: tuple[str, ...]) -> list[float]:
     eps = []
     for value in values:
@@ -110,11 +98,14 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
     data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
     threat = ThreatModel(norm=norm, eps=parse_eps(eps), bounds=data.bounds)
-    try:
-        attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **parse_params(params))
-    except (TypeError, ValueError) as exc:  # a parameter the attack lacks, or a value of the wrong type
-        takes = accepted_params(attack_cls)
-        raise UsageError(f"{attack_name}: bad --param ({exc}); it takes {takes}") from None
+    attack_params = parse_params(params)
+    for key, option in (("seed", "--seed"), ("batch_size", "--batch-size")):
+        if key in attack_params:
+            raise UsageError(f"--param {key}: set it with {option}")
+    problem = attack_cls.PARAMS.find_problem(attack_params)
+    if problem:
+        raise UsageError("--param: " + problem.after(attack_name))
+    attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **attack_params)
     results = attack_obj.run(loaded.module, data.x, data.y)
 
     summary = {

@@ -32,16 +32,23 @@ class LoadedModel:
     meta: Any = None
 
 
-def as_module(model: Any) -> nn.Module:
-    """Accept an ``nn.Module``, a :class:`LoadedModel` or an ART ``PyTorchClassifier``; return the module in eval mode."""
+def unwrap(model: Any) -> nn.Module:
+    """The ``nn.Module`` inside ``model`` (a module, a :class:`LoadedModel` or an ART ``PyTorchClassifier``),
+    untouched. The one place that knows these wrappers."""
     if isinstance(model, LoadedModel):
         model = model.module
     elif not isinstance(model, nn.Module) and hasattr(model, "model") and isinstance(model.model, nn.Module):
         model = model.model  # ART PyTorchClassifier keeps the user's module here
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch nn.Module or ART PyTorchClassifier, got {type(model).__name__}")
-    _set_eval(model)
     return model
+
+
+def as_module(model: Any) -> nn.Module:
+    """:func:`unwrap` ``model`` and switch the module to eval mode with its parameters frozen."""
+    module = unwrap(model)
+    _set_eval(module)
+    return module
 
 
 def load_model(ref: Any, *, weights: str | Path | None = None, device: str | torch.device = "cpu",
