@@ -14,7 +14,7 @@ from bastion.attacks.base import predict
 from bastion.attacks.params import Params, integer
 from bastion.data import Dataset
 from bastion.evaluation.state import Fingerprint, RunState, Unit
-from bastion.models.loading import LoadedModel
+from bastion.models.loaded import LoadedModel
 
 DIM = 16
 

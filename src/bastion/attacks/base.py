@@ -29,7 +29,7 @@ from torch import nn
 from bastion.attacks.params import MAX_BATCH_SIZE, Params, integer
 from bastion.attacks.toolbox import per_sample, random_in_ball, steepest_ascent
 from bastion.errors import AttackError
-from bastion.models.loading import as_module, unwrap
+from bastion.models.loaded import as_module, unwrap
 from bastion.threat import ThreatModel
 
 #: Samples per attack batch when none is given. On a CPU a batch of a few hundred images keeps

@@ -12,7 +12,7 @@ from bastion.evaluation.report import build_report, write_report
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.runner import EventHook, run_suite
 from bastion.evaluation.suite import Suite
-from bastion.models.loading import LoadedModel
+from bastion.models.loaded import LoadedModel
 
 CHECKPOINT = "checkpoint.json"
 
