@@ -129,9 +129,6 @@ class UntargetedAPGD(Attack):
     PARAMS = APGD_PARAMS
     #: The per-sample loss to maximise, ``loss(logits, y)``; each subclass names one.
     loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-    steps: int
-    restarts: int
-    rho: float
 
     def attack_batch(self, model, x, y, eps):
         objective = lambda logits, labels, target: self.loss(logits, labels)  # noqa: E731

@@ -29,10 +29,6 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 class APGDT(Attack):
     name = "apgd-t"
     PARAMS = APGD_PARAMS + Params(integer("n_target_classes", 9, 1, MAX_CLASSES))
-    steps: int
-    restarts: int
-    rho: float
-    n_target_classes: int
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)

@@ -84,7 +84,6 @@ class ARTAttack(Attack):
     FAMILY = "black-box"  # the class's default; an instance's family is its ART class's
     PARAMS = Params(text("attack", "HopSkipJump", help="an art.attacks.evasion class name"),
                     extra=_keywords_problem)
-    attack: str
 
     def __init__(self, threat, *, batch_size: int | None = 1000, seed: int = 0, **params):
         super().__init__(threat, batch_size=batch_size, seed=seed, **params)
@@ -98,7 +97,7 @@ class ARTAttack(Attack):
         return "white-box" if requirements & set(GRADIENT_MIXINS) else "black-box"
 
     def attack_batch(self, model, x, y, eps):
-        from art.estimators.classification import PyTorchClassifier
+        from art.estimators.classification import PyTorchClassifier  # heavy: only for ART attacks
 
         num_classes = self.logits(model, x[:1]).shape[1]
         classifier = PyTorchClassifier(

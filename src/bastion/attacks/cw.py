@@ -36,11 +36,6 @@ class CarliniWagnerL2(Attack):
         number("lr", 0.01, 0, low_open=True),
         number("initial_const", 1e-3, 0, low_open=True),
     )
-    steps: int
-    binary_search_steps: int
-    confidence: float
-    lr: float
-    initial_const: float
 
     def attack_batch(self, model, x, y, eps):
         lo, hi = self.threat.bounds

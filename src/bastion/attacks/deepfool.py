@@ -30,9 +30,6 @@ class DeepFool(Attack):
         number("overshoot", 0.02, 0),
         integer("num_classes", 10, 2, MAX_CLASSES, help="candidate classes, the most likely first"),
     )
-    steps: int
-    overshoot: float
-    num_classes: int
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)

@@ -76,12 +76,6 @@ class FABT(Attack):
         number("eta", 1.05, 1),
         number("beta", 0.9, 0, 1, low_open=True),
     )
-    steps: int
-    restarts: int
-    n_target_classes: int
-    alpha_max: float
-    eta: float
-    beta: float
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)

@@ -20,10 +20,6 @@ class PGD(Attack):
         integer("restarts", 1, 1, MAX_RESTARTS),
         boolean("random_start", True),
     )
-    steps: int
-    step_size: float | None
-    restarts: int
-    random_start: bool
 
     def attack_batch(self, model, x, y, eps):
         alpha = self.step_size or 2.5 * eps / self.steps

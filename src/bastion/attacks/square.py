@@ -37,8 +37,6 @@ class Square(Attack):
         integer("n_queries", 5000, 1, MAX_QUERIES),
         number("p_init", 0.8, 0, 1, low_open=True, help="initial share of the image a square covers"),
     )
-    n_queries: int
-    p_init: float
 
     def attack_batch(self, model, x, y, eps):
         if x.dim() != 4:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import click
-import numpy as np
 
-from bastion.attacks import ATTACKS
 from bastion.cli import main
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
                                 seed_option, weights_option)
@@ -56,9 +52,19 @@ def parse_eps(values: tuple[str, ...]) -> list[float]:
     return eps
 
 
+class _AttackNameOption(click.Option):
+    """--attack, whose help lists the registry's names: looked up only when help is shown, so that
+    parsing the command line needs no torch."""
+
+    def get_help_record(self, ctx):
+        from bastion.attacks import ATTACKS
+
+        self.help = f"Attack name: {', '.join(sorted(ATTACKS))} (art runs an ART class: -p attack=HopSkipJump)."
+        return super().get_help_record(ctx)
+
+
 @main.command()
-@click.option("--attack", "-a", "attack_name", required=True,
-              help=f"Attack name: {', '.join(sorted(ATTACKS))} (art runs an ART class: -p attack=HopSkipJump).")
+@click.option("--attack", "-a", "attack_name", cls=_AttackNameOption, required=True, help="Attack name.")
 @click.option("--eps", "-e", multiple=True, required=True, help="Perturbation budget; repeat or comma-separate for a sweep.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @model_option
@@ -116,6 +122,10 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
                     for r in results],
     }
     if out:
+        import io
+
+        import numpy as np
+
         buffer = io.BytesIO()
         np.savez_compressed(buffer, x_adv=results[-1].x_adv.cpu().numpy(), y=data.y.numpy(),
                             robust=np.stack([r.robust.cpu().numpy() for r in results]),

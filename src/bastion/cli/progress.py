@@ -8,22 +8,31 @@ is the trainer's monitor, and certify advances the bar once per sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass
 class Progress:
-    """One bar (with optional extra fields shown after it) and lines above it; silent when disabled."""
+    """One bar (with optional extra fields shown after it) and lines above it; silent when disabled.
 
-    def __init__(self, enabled: bool, *, fields: str = "", remaining: bool = False) -> None:
-        self.enabled = enabled
-        self.fields = fields
-        self.remaining = remaining
-        self.bar = None
-        self.task = None
+    The bar is drawn only on a terminal; elsewhere (a log, a pipe) only the lines are written.
+    """
+
+    enabled: bool
+    fields: str = ""         # a rich format of the task's fields, shown after the bar
+    remaining: bool = False  # show the time remaining rather than the time elapsed
+    console: Any = field(default=None, init=False)
+    bar: Any = field(default=None, init=False)
+    task: Any = field(default=None, init=False)
 
     def __enter__(self) -> Progress:
-        if self.enabled:
-            from rich.console import Console
+        if not self.enabled:
+            return self
+        from rich.console import Console  # rich is imported only by commands that show progress
+
+        self.console = Console(stderr=True)
+        if self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
             from rich.progress import Progress as RichProgress
@@ -32,7 +41,7 @@ class Progress:
             if self.fields:
                 columns.append(TextColumn(self.fields))
             columns.append(TimeRemainingColumn() if self.remaining else TimeElapsedColumn())
-            self.bar = RichProgress(*columns, console=Console(stderr=True), transient=True)
+            self.bar = RichProgress(*columns, console=self.console, transient=True)
             self.bar.start()
         return self
 
@@ -65,8 +74,8 @@ class Progress:
 
     def line(self, text: str) -> None:
         """A line of text above the bar (kept when the bar goes)."""
-        if self.bar is not None:
-            self.bar.console.print(text, highlight=False, soft_wrap=True)
+        if self.console is not None:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
 
 class BenchProgress:
@@ -91,3 +100,43 @@ class BenchProgress:
             show.advance()
         elif isinstance(event, IndicatorsStarted):
             show.update(description="attack-failure indicators")
+
+
+class TrainProgress:
+    """The trainer's monitor (see ``bastion.defenses.training.TrainingMonitor``) on a :class:`Progress`:
+    loss and accuracy per step, a line per epoch with the held-out clean and robust accuracy."""
+
+    FIELDS = ("loss {task.fields[loss]:.3f}  train acc {task.fields[acc]:.1%}  "
+              "held-out clean {task.fields[clean]}  robust {task.fields[robust]}")
+
+    def __init__(self, progress: Progress, recipe) -> None:
+        self.progress = progress
+        self.recipe = recipe
+        self.epochs = 0
+
+    def start(self, *, epochs: int, first_epoch: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.progress.start(f"epoch {first_epoch + 1}/{epochs}", epochs * steps_per_epoch,
+                            completed=first_epoch * steps_per_epoch, loss=0.0, acc=0.0, clean="-", robust="-")
+
+    def step(self, *, epoch: int, loss: float, accuracy: float) -> None:
+        self.progress.update(advance=1, description=f"epoch {epoch}/{self.epochs}", loss=loss, acc=accuracy)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        # Imported here: the trainer needs torch, and `bastion --help` must start without it.
+        from bastion.defenses.training.trainer import holdout_key, holdout_label
+
+        clean = record.get("holdout_clean")
+        robust = record.get(holdout_key(self.recipe))
+        radius = "" if self.recipe.method in ("clean", "gaussian") else f"eps {record['eps']:.3f}  "
+        line = (f"epoch {record['epoch']:>3}/{self.epochs}  {radius}loss {record['loss']:.3f}  "
+                f"train {record['train_accuracy']:.1%}")
+        if clean is not None:
+            self.progress.update(clean=f"{clean:.1%}", robust=f"{robust:.1%}")
+            line += f" | held-out clean {clean:.1%}  {holdout_label(self.recipe)} {robust:.1%}"
+            if record.get("best"):
+                line += "  (best)"
+        self.progress.line(line + f"  {record['seconds']:.0f} s")
+
+    def message(self, text: str) -> None:
+        self.progress.line(text)

@@ -45,6 +45,16 @@ RECIPE_KEYS = {"kind", "name", "description", "validation", "transforms", "adapt
 DEFAULT_EOT_SAMPLES = 8
 
 
+@dataclass(frozen=True)
+class SanitizeStats:
+    """What sanitising one batch did."""
+
+    samples: int
+    nonfinite_values_replaced: int   # NaN/Inf values the validation clamped into the bounds
+    out_of_range_values_clamped: int
+    mean_abs_change: float           # per value, between the (clamped) input and the output
+
+
 @dataclass
 class Sanitizer:
     validator: InputValidator = field(default_factory=InputValidator)
@@ -68,6 +78,25 @@ class Sanitizer:
             for transform in self.transforms:
                 x = transform.apply(x, self.bounds, generator)
         return x
+
+    def sanitize_with_stats(self, x: torch.Tensor,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, SanitizeStats]:
+        """:meth:`__call__`, and what it changed."""
+        lo, hi = self.bounds
+        floats = x.is_floating_point()
+        nonfinite = int((~torch.isfinite(x)).sum()) if floats else 0
+        outside = int(((x < lo) | (x > hi)).sum()) if floats else 0
+        clean = self(x, generator=generator)
+        change = float((clean - x.float().nan_to_num(lo, hi, lo).clamp(lo, hi)).abs().mean()) if len(x) else 0.0
+        return clean, SanitizeStats(samples=len(clean), nonfinite_values_replaced=nonfinite,
+                                    out_of_range_values_clamped=outside, mean_abs_change=change)
+
+    def adaptive_evaluation(self) -> list[str]:
+        """How attacks evaluate a model behind this sanitiser, in words."""
+        adaptive = [f"BPDA for {t.kind}" for t in self.transforms if not t.differentiable]
+        if self.randomized:
+            adaptive.append(f"EOT over {self.eot_samples} draws")
+        return adaptive or ["plain gradients (every transform is differentiable)"]
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """The validation stage alone, plus the batch layout the transforms need."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from safetensors.torch import save_file
 from torch import nn
 
 from bastion.errors import ModelError
@@ -53,8 +54,6 @@ class BundleMeta:
 
 def save_bundle(module: nn.Module, out_dir: str | Path, meta: BundleMeta) -> Path:
     """Write ``module``'s weights and ``meta`` into ``out_dir`` (each file atomically)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

@@ -8,6 +8,8 @@ import importlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from bastion.errors import ModelError
@@ -60,9 +62,6 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
 
 
 def load_safetensors_into(module: nn.Module, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise ModelError(f"{path}: no such weights file")
     try:
