@@ -53,7 +53,7 @@ class AttackResult:
     eps: float
     x_adv: torch.Tensor          # adversarial inputs (the clean input where none was attempted)
     clean_correct: torch.Tensor  # bool: the model classified the clean input correctly
-    robust: torch.Tensor         # bool: still classified correctly after the attack (re-checked)
+    robust: torch.Tensor         # bool: still classified correctly after the attack (its own re-prediction)
     seconds: float
     loss_trace: list[float] = field(default_factory=list)  # mean loss per step over the working batch
     loss_counts: list[int] = field(default_factory=list)   # per-sample losses behind each step's mean
@@ -101,6 +101,10 @@ class Attack:
         self._trace_sums: list[torch.Tensor] = []
         self._trace_counts: list[int] = []
         self._queries = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.PARAMS.check_free(cls, Attack)
 
     @classmethod
     def schema(cls) -> Params:

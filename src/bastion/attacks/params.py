@@ -173,6 +173,12 @@ class Params:
             raise error(f"{context}: {twice[0]} given twice")
         return values | kwargs
 
+    def check_free(self, owner: type, base: type) -> None:
+        """Each parameter becomes an attribute of ``owner``'s instances: none may hide one of ``base``'s."""
+        clash = [name for name in self.names if hasattr(base, name)]
+        if clash:
+            raise TypeError(f"{owner.__name__}: parameter name(s) {', '.join(clash)} shadow {base.__name__} attributes")
+
     def takes(self) -> str:
         return f"it takes {', '.join(self.names)}" if self.params else "it takes no parameters"
 

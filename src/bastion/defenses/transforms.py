@@ -43,6 +43,10 @@ class Transform:
     #: The transform's parameters; each becomes an attribute of the same name.
     PARAMS: ClassVar[Params] = Params()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.PARAMS.check_free(cls, Transform)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         values = self.PARAMS.bind(args, kwargs, ConfigError, self.kind)
         for key, value in self.PARAMS.resolve(values, ConfigError, self.kind).items():
