@@ -11,8 +11,10 @@ from torch import nn
 
 from bastion.attacks import ATTACKS, Attack, AttackResult
 from bastion.attacks.base import predict
+from bastion.attacks.params import Params, integer
 from bastion.data import Dataset
-from bastion.models.loading import LoadedModel
+from bastion.evaluation.state import Fingerprint, RunState, Unit
+from bastion.models.loaded import LoadedModel
 
 DIM = 16
 
@@ -84,12 +86,10 @@ class RandomSearch(Attack):
     """Black-box: tries random corners of the Linf ball, keeps the first that fools."""
 
     name = "test-random-search"
-    family = "black-box"
+    FAMILY = "black-box"
     norms = ("linf",)
-
-    def __init__(self, threat, *, tries: int = 50, **kwargs):
-        super().__init__(threat, **kwargs)
-        self.tries = tries
+    PARAMS = Params(integer("tries", 50, 1, 1000))
+    tries: int
 
     def attack_batch(self, model, x, y, eps):
         best = x.clone()
@@ -147,3 +147,18 @@ def use_test_attacks(monkeypatch) -> None:
 def write_suite(path, body: str, *, norm: str = "linf", eps="0.3") -> str:
     path.write_text(f'name = "t"\nnorm = "{norm}"\neps = {eps}\n{body}')
     return str(path)
+
+
+def make_unit(eps: float, attack: str, broken=(), standing: int = 0, family: str = "white-box", **fields) -> Unit:
+    """A finished unit for hand-made states (the fields a test does not care about get neutral values)."""
+    return Unit(eps=eps, attack=attack, name=attack, family=family, params={}, standing=standing,
+                broken=tuple(broken), **{"seconds": 1.0, **fields})
+
+
+def make_state(units, *, n: int = 6, clean_correct=None, seed: int = 0) -> RunState:
+    """A hand-made run state over ``n`` samples."""
+    fingerprint = Fingerprint(model_sha256="0", data_sha256="0", n=n, suite_sha256="0", norm="linf",
+                              eps=tuple(sorted({u.eps for u in units})), seed=seed)
+    clean = tuple(range(n)) if clean_correct is None else tuple(clean_correct)
+    return RunState(fingerprint=fingerprint, samples=tuple(range(n)), clean_correct=clean, units=tuple(units),
+                    indicators=())

@@ -96,7 +96,7 @@ def test_eps_sweep_is_monotone_and_restores_train_mode(setup, name, norm):
     assert accuracies[0] == 1.0 and accuracies[-1] < 1.0
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(ATTACKS) if ATTACKS[n].family == "white-box"])
+@pytest.mark.parametrize("name", [n for n in sorted(ATTACKS) if ATTACKS[n].FAMILY == "white-box"])
 def test_white_box_attacks_log_their_loss(setup, name):
     model, x, y = setup
     (result,) = make(name, "l2" if name == "cw-l2" else "linf", 0.02).run(model, x, y)

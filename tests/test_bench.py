@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
-from bench_helpers import Spy, linear_model, loaded, self_labelled, use_test_attacks, write_suite
+from bench_helpers import Spy, linear_model, loaded, make_state, make_unit, self_labelled, use_test_attacks, write_suite
 
 from bastion.attacks.fgsm import FGSM
 from bastion.attacks.pgd import PGD
 from bastion.errors import UsageError
 from bastion.evaluation import benchmark, load_suite
 from bastion.evaluation.report import build_report
-from bastion.evaluation.runner import standing_indices
 
 FGSM_PGD = '\n[[attack]]\nname = "fgsm"\n\n[[attack]]\nname = "pgd"\nsteps = 10\n'
 RUN = {"model": {"name": "m", "source": "m", "sha256": "0"}, "data": {"name": "d", "n": 6, "sha256": "0"}}
@@ -26,17 +25,13 @@ def _test_attacks(monkeypatch):
 
 
 def unit(eps, attack, broken, standing, family="white-box"):
-    return {"key": f"eps={eps!r}|{attack}", "eps": eps, "attack": attack, "name": attack, "family": family,
-            "params": {}, "standing": standing, "broken": broken, "unconfirmed": 0, "seconds": 1.0,
-            "queries": 0, "loss_trace": []}
+    return make_unit(eps, attack, broken, standing, family)
 
 
 def hand_made_state():
     # Six samples, classes 0,0,0,1,1,1; sample 5 is misclassified clean.
-    return {"version": 1, "fingerprint": {"seed": 0}, "clean_correct": [0, 1, 2, 3, 4],
-            "units": [unit(0.1, "a", [1], 5), unit(0.1, "b", [3], 4),
-                      unit(0.2, "a", [1, 4], 5), unit(0.2, "b", [0], 3)],
-            "indicators": []}
+    return make_state([unit(0.1, "a", [1], 5), unit(0.1, "b", [3], 4),
+                       unit(0.2, "a", [1, 4], 5), unit(0.2, "b", [0], 3)], n=6, clean_correct=[0, 1, 2, 3, 4])
 
 
 class _Suite:
@@ -48,7 +43,7 @@ class _Suite:
 
 def test_worst_case_aggregation_on_hand_made_outcomes():
     state = hand_made_state()
-    assert standing_indices(state, 0.1) == [0, 2, 4]
+    assert state.standing(0.1) == [0, 2, 4]
     y = torch.tensor([0, 0, 0, 1, 1, 1])
     report = build_report(state, _Suite(), y, 2, run=RUN)
     at_small, at_large = report["results"]

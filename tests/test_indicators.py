@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_helpers import (Noisy, Quantized, Reversed, linear_model, loaded, self_labelled, use_test_attacks,
-                           write_suite)
+from bench_helpers import (Noisy, Quantized, Reversed, linear_model, loaded, make_state, make_unit, self_labelled,
+                           use_test_attacks, write_suite)
 
 from bastion.data import Dataset, load_data
 from bastion.evaluation import benchmark, load_suite
@@ -96,7 +96,7 @@ def test_loss_still_rising_fires_when_steps_are_too_small(tmp_path):
 
 def test_loss_trace_rule():
     def state(trace):
-        return {"units": [{"family": "white-box", "loss_trace": trace, "attack": "a", "eps": 0.3}]}
+        return make_state([make_unit(0.3, "a", family="white-box", loss_trace=tuple(trace))])
 
     assert check_tail_rise(state([0.0, 1.0, 2.0, 3.0, 3.5, 3.8, 3.9, 4.0, 4.0, 4.0])).status == "ok"
     assert check_tail_rise(state([float(i) for i in range(10)])).status == "fired"
@@ -131,11 +131,11 @@ def test_black_box_tolerance_separates_isolated_samples_from_masking():
     from bastion.evaluation.indicators import check_black_box
 
     def state(square_broke: int, standing: int = 899):
-        white = [{"attack": name, "family": "white-box", "eps": 0.3, "standing": 1000, "broken": [0]}
+        white = [make_unit(0.3, name, family="white-box", standing=1000, broken=[0])
                  for name in ("apgd-ce", "apgd-t", "fab-t")]
-        square = {"attack": "square", "family": "black-box", "eps": 0.3, "standing": standing,
-                  "broken": list(range(1, square_broke + 1))}
-        return {"units": [*white, square]}
+        square = make_unit(0.3, "square", family="black-box", standing=standing,
+                           broken=list(range(1, square_broke + 1)))
+        return make_state([*white, square], n=1000)
 
     suite = load_suite("standard")
     isolated = check_black_box(state(1), suite)

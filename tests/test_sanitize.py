@@ -219,3 +219,36 @@ def test_randomized_sanitizer_uses_eot_average_and_is_seeded():
     assert torch.equal(out, again)
     assert SanitizedModel(model, sanitizer, eot_samples=1).eot_samples == 1
     assert not math.isclose(out.sum().item(), SanitizedModel(model, sanitizer, seed=4)(x).sum().item())
+
+
+# ---- parameters and statistics, owned by the library ----------------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: BitDepth(0), "bit-depth: bits must be an integer from 1 to 16, got 0"),
+    (lambda: BitDepth(True), "bit-depth: bits must be an integer from 1 to 16, got true"),
+    (lambda: MedianSmooth(size=2.0), "median: size must be an integer from 2 to 15, got 2.0"),
+    (lambda: JPEG(96), "jpeg: quality must be an integer from 1 to 95, got 96"),
+    (lambda: GaussianNoise(0), "gaussian-noise: sigma must be a number in (0, 10], got 0"),
+    (lambda: GaussianNoise(0.1, 0.2), "gaussian-noise: takes at most 1 argument"),
+    (lambda: BitDepth(bitz=2), "bit-depth has no parameter 'bitz' (it takes bits)"),
+])
+def test_transform_parameters_are_checked_with_bastion_errors(make, message):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert BitDepth(3).bits == 3 and BitDepth(bits=3).label() == "bit-depth(bits=3)"
+    assert GaussianNoise(1).sigma == 1.0 and isinstance(GaussianNoise(1).sigma, float)
+
+
+def test_sanitize_with_stats_counts_what_validation_fixed():
+    sanitizer = Sanitizer(validator=InputValidator(out_of_range="clamp", nonfinite="clamp"), transforms=[BitDepth(1)])
+    x = torch.full((3, 1, 4, 4), 0.6)
+    x[0, 0, 0, 0], x[1, 0, 0, 0], x[2, 0, 1, 1] = float("nan"), 1.5, -0.5
+    clean, stats = sanitizer.sanitize_with_stats(x)
+    assert (stats.samples, stats.nonfinite_values_replaced, stats.out_of_range_values_clamped) == (3, 1, 2)
+    assert torch.equal(clean, sanitizer(x))
+    expected = (clean - x.nan_to_num(0.0, 1.0, 0.0).clamp(0, 1)).abs().mean().item()
+    assert stats.mean_abs_change == pytest.approx(expected)
+    assert sanitizer.adaptive_evaluation() == ["BPDA for bit-depth"]
+    assert Sanitizer(transforms=[MedianSmooth(2)]).adaptive_evaluation()[0].startswith("plain gradients")
+    assert load_sanitizer("sanitize-noise").adaptive_evaluation() == ["BPDA for bit-depth", "EOT over 8 draws"]

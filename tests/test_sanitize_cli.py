@@ -96,3 +96,20 @@ def test_certify_end_to_end(tmp_path):
     assert code == 0 and "certified accuracy" in output and "raise --samples" in output
     code, output = run("certify", "--sigma", "0", "--n", "2")
     assert code == 2 and output.startswith("error: ") and "sigma" in output
+
+
+def test_sanitize_model_honours_device_and_detect_squeezer_errors_are_one_line(tmp_path):
+    code, output = run("sanitize", "--recipe", "sanitize-bitdepth", "--model", "mnist-cnn", "--out",
+                       tmp_path / "b", "--device", "cpu", "--json")
+    assert code == 0, output
+    assert json.loads(output)["adaptive_evaluation"] == ["BPDA for bit-depth"]
+    code, output = run("sanitize", "--recipe", "sanitize-bitdepth", "--model", "mnist-cnn", "--out",
+                       tmp_path / "c", "--device", "nonsense")
+    assert code == 2 and output.startswith("error: --device") and output.count("\n") == 1
+    code, output = run("detect", "--bits", "0", "--calib-n", "100", "--n", "5")
+    assert code == 2 and output == "error: bit-depth: bits must be an integer from 1 to 16, got 0\n"
+    code, output = run("detect", "--calib-n", "100", "--n", "5", "--attack", "pgd", "--eps", "0.1",
+                       "--adaptive-steps", str(10 ** 18))
+    assert code == 2 and "adaptive attack: steps must be an integer from 1 to 10,000" in output
+    code, output = run("certify", "--sigma", "0.25", "--n", "2", "--samples", str(10 ** 12))
+    assert code == 2 and "--samples must be from 1 to 1,000,000" in output

@@ -5,6 +5,11 @@ imported on first use, so commands and services that run no model never load tor
 """
 
 from bastion.errors import BastionError
+from bastion.models.wrappers import declare_bundle_wrapper
+
+# The composition root wires the layers: a bundle with a [sanitizer] section is opened by the
+# defenses layer, imported the first time such a bundle loads (models cannot import it).
+declare_bundle_wrapper("sanitizer", "bastion.defenses.sanitizer")
 
 __version__ = "0.1.0"
 __all__ = ["BastionError", "ThreatModel", "__version__"]

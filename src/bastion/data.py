@@ -57,7 +57,8 @@ def load_data(ref: str | Path, split: str = "test", *, num_classes: int | None =
         return _digits(split)
     path = Path(ref_str)
     if path.suffix == ".npz":
-        x, y = _read_npz(path)
+        arrays = read_npz(path, required=("x", "y"))
+        x, y = arrays["x"], arrays["y"]
     elif path.suffix in (".pt", ".pth"):
         x, y = _read_pt(path)
     else:
@@ -115,30 +116,40 @@ def _as_tensor(values, name: str, which: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _read_npz(path: Path):
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+def read_npz(path: str | Path, *, required: tuple[str, ...] = ("x", "y")) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, read without unpickling; the ``required`` ones must be there and
+    hold numbers. The one reader of user ``.npz`` files (datasets, ``bastion sanitize``)."""
+    path = Path(path)
+    _check_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if not {"x", "y"} <= keys:
-                raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(keys) or 'none'}")
-            return archive["x"], archive["y"]
+            missing = [k for k in required if k not in archive.files]
+            if missing:
+                names = " and ".join(repr(k) for k in required)
+                wanted = f"arrays {names}" if len(required) > 1 else f"an array named {names}"
+                raise DataError(f"{path}: expected {wanted}, found {sorted(archive.files) or 'none'}")
+            arrays = {key: archive[key] for key in archive.files}
     except DataError:
         raise
     except ValueError as exc:  # object arrays need pickle, which we refuse
         raise DataError(f"{path}: cannot read without unpickling ({exc}); save plain numeric arrays") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
+    for key in required:
+        if arrays[key].dtype.kind not in "biuf":
+            raise DataError(f"{path}: {key!r} must hold numbers, got dtype {arrays[key].dtype}")
+    return arrays
 
 
-def _read_pt(path: Path):
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+
+
+def _read_pt(path: Path):
+    _check_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
@@ -160,7 +171,7 @@ def _bundled_mnist(split: str) -> Dataset:
 
 
 def _digits(split: str) -> Dataset:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy: only for the digits dataset
 
     digits = load_digits()
     x = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)

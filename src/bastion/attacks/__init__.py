@@ -1,5 +1,15 @@
 """Attacks: one module per attack, all batched torch on the model's device.
 
+Owns: the attack contract (:mod:`~bastion.attacks.base`: batching, projection, eps sweeps,
+query counting, the attack's own re-prediction), the declared parameters and their one
+check (:mod:`~bastion.attacks.params`), the building blocks every gradient or score loop
+uses (:mod:`~bastion.attacks.toolbox`: margin, steepest ascent, random-in-ball, the
+projected step, per-sample broadcasting), the registry suites and the CLI resolve names
+in, and one module per attack reading like its paper (plus the ART adapter). May import
+the bottom layer and ``models``; never ``evaluation``, ``defenses``, ``access`` or ``cli``.
+A new attack is a module here: set ``name`` and ``PARAMS``, implement ``attack_batch``,
+``@register`` it, import it below, and add it to the README's attack table.
+
 Importing this package registers every attack in :data:`~bastion.attacks.registry.ATTACKS`.
 """
 

@@ -13,20 +13,22 @@ After a halving the iterate restarts from the best point found so far. Checkpoin
 sit at p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions
 of the budget). Samples leave the working batch as soon as they are misclassified.
 
-:func:`apgd` is the optimiser; APGD-CE and APGD-DLR pick its loss, APGD-T (apgd_t.py)
-runs it with a targeted loss.
+:func:`apgd` is the optimiser; APGD-CE and APGD-DLR pick its untargeted loss, APGD-T
+(apgd_t.py) runs it with a targeted one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
-from bastion.attacks.base import Attack, ce_loss, dlr_loss, lp_normalize
+from bastion.attacks.base import Attack, ce_loss, dlr_loss
+from bastion.attacks.params import MAX_RESTARTS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
-from bastion.errors import AttackError
+from bastion.attacks.toolbox import ascent_step, per_sample
 
 #: loss(logits, y, target) -> per-sample loss to maximise; target is None for untargeted losses.
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -50,15 +52,14 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
     Returns the points (the first misclassified iterate of each sample, else its point of
     highest loss) and a bool mask of the samples that were misclassified.
     """
-    project, norm = attack.threat.project, attack.threat.norm
-    view = (-1,) + (1,) * (x.dim() - 1)
+    project = attack.threat.project
     out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
     def loss_of(rows):  # the loss of the working batch, whose rows of x are ``rows``
         return lambda logits, labels: loss_fn(logits, labels, None if target is None else target[rows])
 
     rows = torch.arange(len(x), device=x.device)
-    x_adv = attack.random_start(x, eps)
+    x_adv = attack.random_point(x, eps)
     loss, grad, logits = attack.loss_and_grad(model, x_adv, y, loss_of(rows))
     s = {  # per-sample state of the working batch; every entry is subset together
         "rows": rows, "x_adv": x_adv, "x_prev": x_adv, "grad": grad, "loss": loss,
@@ -73,7 +74,7 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         if len(s["rows"]) == 0:
             break
         x0, a = x[s["rows"]], (MOMENTUM if k > 1 else 1.0)
-        z = project(x0, s["x_adv"] + s["eta"].view(view) * lp_normalize(s["grad"], norm), eps)
+        z = ascent_step(attack.threat, x0, s["x_adv"], s["grad"], s["eta"], eps)
         x_new = project(x0, s["x_adv"] + a * (z - s["x_adv"]) + (1 - a) * (s["x_adv"] - s["x_prev"]), eps)
         s["x_prev"], s["x_adv"] = s["x_adv"], x_new
         if k == steps:  # the last iterate needs a prediction and a loss, not a gradient
@@ -85,8 +86,8 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         s["increases"] += (loss > s["loss"]).float()
         s["loss"], s["grad"] = loss, grad
         better = loss > s["loss_best"]
-        s["x_best"] = torch.where(better.view(view), x_new, s["x_best"])
-        s["grad_best"] = torch.where(better.view(view), grad, s["grad_best"])
+        s["x_best"] = torch.where(per_sample(better, x_new), x_new, s["x_best"])
+        s["grad_best"] = torch.where(per_sample(better, grad), grad, s["grad_best"])
         s["loss_best"] = torch.where(better, loss, s["loss_best"])
         s = _drop_fooled(s, logits, y, out, fooled)  # logits belong to s["x_adv"] until the checkpoint below
         if marks and k == marks[0]:
@@ -94,8 +95,8 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
             stalled = ~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])
             halve = few_increases | stalled
             s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-            s["x_adv"] = torch.where(halve.view(view), s["x_best"], s["x_adv"])
-            s["grad"] = torch.where(halve.view(view), s["grad_best"], s["grad"])
+            s["x_adv"] = torch.where(per_sample(halve, x0), s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(per_sample(halve, x0), s["grad_best"], s["grad"])
             s["loss"] = torch.where(halve, s["loss_best"], s["loss"])
             s["halved_at_check"], s["loss_best_at_check"] = halve, s["loss_best"]
             s["increases"] = torch.zeros_like(s["increases"])
@@ -115,28 +116,26 @@ def _drop_fooled(s: dict, logits: torch.Tensor, y: torch.Tensor, out: torch.Tens
     return {name: value[keep] for name, value in s.items()}
 
 
-class APGD(Attack):
-    """Shared constructor and restarts; subclasses choose the loss."""
+APGD_PARAMS = Params(
+    integer("steps", 100, 1, MAX_STEPS),
+    integer("restarts", 1, 1, MAX_RESTARTS),
+    number("rho", 0.75, 0, 1, low_open=True, help="share of steps that must raise the loss"),
+)
 
-    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, rho: float = 0.75, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(restarts) < 1:
-            raise AttackError(f"{self.name}: steps and restarts must be >= 1")
-        if not 0 < float(rho) <= 1:
-            raise AttackError(f"{self.name}: rho must be in (0, 1], got {rho}")
-        self.steps, self.restarts, self.rho = int(steps), int(restarts), float(rho)
 
-    def params(self):
-        return {**super().params(), "steps": self.steps, "restarts": self.restarts, "rho": self.rho}
+class UntargetedAPGD(Attack):
+    """APGD with an untargeted loss, restarted on the samples that survive; subclasses name the loss."""
 
-    def loss(self, logits, y, target):
-        raise NotImplementedError
+    PARAMS = APGD_PARAMS
+    #: The per-sample loss to maximise, ``loss(logits, y)``; each subclass names one.
+    loss: ClassVar[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
     def attack_batch(self, model, x, y, eps):
+        objective = lambda logits, labels, target: self.loss(logits, labels)  # noqa: E731
         best = x.clone()
         alive = torch.arange(len(x), device=x.device)
         for _ in range(self.restarts):
-            found, fooled = apgd(self, model, x[alive], y[alive], eps, self.loss, steps=self.steps, rho=self.rho)
+            found, fooled = apgd(self, model, x[alive], y[alive], eps, objective, steps=self.steps, rho=self.rho)
             best[alive] = found
             alive = alive[~fooled]
             if len(alive) == 0:
@@ -145,16 +144,12 @@ class APGD(Attack):
 
 
 @register
-class APGDCE(APGD):
+class APGDCE(UntargetedAPGD):
     name = "apgd-ce"
-
-    def loss(self, logits, y, target):
-        return ce_loss(logits, y)
+    loss = staticmethod(ce_loss)
 
 
 @register
-class APGDDLR(APGD):
+class APGDDLR(UntargetedAPGD):
     name = "apgd-dlr"
-
-    def loss(self, logits, y, target):
-        return dlr_loss(logits, y)
+    loss = staticmethod(dlr_loss)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from bastion.attacks.apgd import APGD, apgd
+from bastion.attacks.apgd import APGD_PARAMS, apgd
+from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_CLASSES, Params, integer
 from bastion.attacks.registry import register
 from bastion.errors import AttackError
 
@@ -24,17 +26,9 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 
 
 @register
-class APGDT(APGD):
+class APGDT(Attack):
     name = "apgd-t"
-
-    def __init__(self, threat, *, n_target_classes: int = 9, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(n_target_classes) < 1:
-            raise AttackError(f"{self.name}: n_target_classes must be >= 1")
-        self.n_target_classes = int(n_target_classes)
-
-    def params(self):
-        return {**super().params(), "n_target_classes": self.n_target_classes}
+    PARAMS = APGD_PARAMS + Params(integer("n_target_classes", 9, 1, MAX_CLASSES))
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)

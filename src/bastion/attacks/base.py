@@ -1,10 +1,19 @@
 """The contract every attack shares, so each attack module holds only its maths.
 
-:class:`Attack` owns eval mode, the device, batching, input validation, the
-projection onto the threat model, dropping samples that are already
-misclassified, and re-checking the model's prediction on every returned
-adversarial so a reported success is real. A subclass implements one method,
-:meth:`Attack.attack_batch`, for a batch of correctly classified inputs at one eps.
+:class:`Attack` owns eval mode, the device, batching, input validation, the declared
+parameters (:mod:`bastion.attacks.params`: checked, defaulted, set as attributes, listed
+in reports), the projection onto the threat model, dropping samples that are already
+misclassified, counting model evaluations, and the loss trace. A subclass declares
+``name``, ``PARAMS`` (and ``FAMILY``, ``norms`` where they differ) and implements one
+method, :meth:`Attack.attack_batch`, for a batch of correctly classified inputs at one eps.
+
+Who re-checks an adversarial: :meth:`Attack.run` re-predicts every projected candidate,
+and that prediction decides which samples this attack reports as fooled and stops
+attacking at larger eps. It is the attack's own claim. The benchmark runner
+(:func:`bastion.evaluation.runner.confirm_adversarial`) checks each claim again,
+independently (finite, inside the ball and the bounds, misclassified), and only that
+verdict counts in a benchmark; it stays the check of record when attacks run in another
+precision or compiled.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.params import MAX_BATCH_SIZE, Params, integer
+from bastion.attacks.toolbox import per_sample, random_in_ball, steepest_ascent
 from bastion.errors import AttackError
-from bastion.models.loading import LoadedModel, as_module
+from bastion.models.loaded import as_module, unwrap
 from bastion.threat import ThreatModel
 
 #: Samples per attack batch when none is given. On a CPU a batch of a few hundred images keeps
@@ -26,6 +37,12 @@ from bastion.threat import ThreatModel
 #: backward) in batches of 1,000 than of 256. Accelerators want large batches.
 CPU_BATCH_SIZE = 256
 ACCELERATOR_BATCH_SIZE = 1000
+
+#: Parameters every attack takes: how the run batches and seeds it, not its maths.
+RUN_PARAMS = Params(
+    integer("batch_size", None, 1, MAX_BATCH_SIZE, optional=True, help="default: by device"),
+    integer("seed", 0, -(2 ** 63), 2 ** 64 - 1),
+)
 
 
 @dataclass
@@ -36,9 +53,10 @@ class AttackResult:
     eps: float
     x_adv: torch.Tensor          # adversarial inputs (the clean input where none was attempted)
     clean_correct: torch.Tensor  # bool: the model classified the clean input correctly
-    robust: torch.Tensor         # bool: still classified correctly after the attack (re-checked)
+    robust: torch.Tensor         # bool: still classified correctly after the attack (its own re-prediction)
     seconds: float
     loss_trace: list[float] = field(default_factory=list)  # mean loss per step over the working batch
+    loss_counts: list[int] = field(default_factory=list)   # per-sample losses behind each step's mean
     queries: int = 0             # model evaluations spent (forward passes, counted per sample)
 
     @property
@@ -56,30 +74,46 @@ class AttackResult:
 
 
 class Attack:
-    """Base class. Subclasses set :attr:`name` and implement :meth:`attack_batch`."""
+    """Base class. Subclasses set :attr:`name` and :attr:`PARAMS` and implement :meth:`attack_batch`."""
 
     name: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
-    #: "white-box" (uses gradients), "black-box" (scores only) or "transfer"; the
-    #: attack-failure indicators compare these families.
-    family: ClassVar[str] = "white-box"
-    #: Whether larger eps can only help (all eps-ball attacks); unbounded attacks set False.
-    bounded: ClassVar[bool] = True
+    #: The attack's parameters; each becomes an attribute of the same name.
+    PARAMS: ClassVar[Params] = Params()
+    #: "white-box" (uses gradients), "black-box" (scores only) or "transfer": the class's
+    #: family. Read :attr:`family`, which an instance may decide (the ART adapter does).
+    FAMILY: ClassVar[str] = "white-box"
 
-    def __init__(self, threat: ThreatModel, *, batch_size: int | None = None, seed: int = 0) -> None:
+    def __init__(self, threat: ThreatModel, *, batch_size: int | None = None, seed: int = 0, **params: Any) -> None:
         if not isinstance(threat, ThreatModel):
             raise AttackError(f"{self.name}: threat must be a ThreatModel, got {type(threat).__name__}")
         if threat.norm not in self.norms:
             raise AttackError(f"{self.name} does not support the {threat.norm} norm (supports {', '.join(self.norms)})")
-        if batch_size is not None and batch_size < 1:
-            raise AttackError(f"{self.name}: batch_size must be >= 1")
+        values = self.schema().resolve({"batch_size": batch_size, "seed": seed, **params}, AttackError, self.name)
         self.threat = threat
-        self.batch_size = None if batch_size is None else int(batch_size)  # None: pick by device
-        self.seed = int(seed)
+        self.batch_size: int | None = values.pop("batch_size")  # None: pick by device
+        self.seed: int = values.pop("seed")
+        #: Every parameter's value (declared ones and any the schema lets through), for reports.
+        self.settings: dict[str, Any] = values
+        for param in self.PARAMS.params:
+            setattr(self, param.name, values[param.name])
         self.generator: torch.Generator | None = None
         self._trace_sums: list[torch.Tensor] = []
         self._trace_counts: list[int] = []
         self._queries = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.PARAMS.check_free(cls, Attack)
+
+    @classmethod
+    def schema(cls) -> Params:
+        """Every parameter the constructor takes: the run's (batch size, seed) and the attack's."""
+        return RUN_PARAMS + cls.PARAMS
+
+    @property
+    def family(self) -> str:
+        return self.FAMILY
 
     # ---- what subclasses implement -------------------------------------------------
     def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -87,22 +121,25 @@ class Attack:
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
-        """Hyperparameters, for reports. Subclasses add theirs."""
-        return {"norm": self.threat.norm, "batch_size": self.batch_size or "auto", "seed": self.seed}
+        """Hyperparameters, for reports."""
+        return {"norm": self.threat.norm, "batch_size": self.batch_size or "auto", "seed": self.seed, **self.settings}
 
     def batch_for(self, device: torch.device) -> int:
-        """The batch size on ``device``: the one given, else 256 on a CPU and 1,000 elsewhere."""
-        return self.batch_size or (CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE)
+        """The batch size on ``device``: the one given, else :func:`default_batch_size`."""
+        return self.batch_size or default_batch_size(device)
 
     # ---- the contract ----------------------------------------------------------------
     def run(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> list[AttackResult]:
         """Attack every sample at every eps of the threat model (ascending); one result per eps.
 
         Eps balls are nested, so a sample fooled at a smaller eps stays fooled at a larger
-        one and is not attacked again.
+        one and is not attacked again. A result's ``robust`` is this attack's claim, from its
+        own re-prediction of each projected candidate (see the module docstring for the
+        independent check a benchmark counts).
         """
-        saved = _module_state(model)  # as_module() switches to eval and freezes parameters
-        module = as_module(model)
+        module = unwrap(model)
+        saved = _module_state(module)  # as_module() switches to eval and freezes parameters
+        as_module(module)
         device = model_device(module)
         try:
             x, y = self._check_inputs(x, y, device)
@@ -123,14 +160,14 @@ class Attack:
                         candidate = torch.where(torch.isfinite(candidate), candidate, xb)  # a NaN is no attack
                         candidate = self.threat.project(xb, candidate, eps)
                         fooled = predict(module, candidate, batch) != yb
-                        x_adv[chunk] = torch.where(_expand(fooled, candidate), candidate, x_adv[chunk])
+                        x_adv[chunk] = torch.where(per_sample(fooled, candidate), candidate, x_adv[chunk])
                         robust[chunk[fooled]] = False
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 results.append(AttackResult(
                     attack=self.name, eps=eps, x_adv=x_adv.clone(), clean_correct=clean_correct,
                     robust=robust.clone(), seconds=time.perf_counter() - start,
-                    loss_trace=self._finish_trace(), queries=self._queries))
+                    loss_trace=self._finish_trace(), loss_counts=list(self._trace_counts), queries=self._queries))
             return results
         finally:
             _restore_module_state(saved)
@@ -141,6 +178,10 @@ class Attack:
         return self.run(model, x, y)[0].x_adv
 
     # ---- helpers for subclasses --------------------------------------------------------
+    def count_queries(self, samples: int) -> None:
+        """Count ``samples`` model evaluations (one per sample per forward pass)."""
+        self._queries += samples
+
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None):
         """Per-sample loss, its gradient w.r.t. ``x``, and the logits, in one forward+backward."""
         loss_fn = loss_fn or ce_loss
@@ -149,14 +190,14 @@ class Attack:
             logits = model(x)
             loss = loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        self._queries += len(x)
+        self.count_queries(len(x))
         return loss.detach(), grad.detach(), logits.detach()
 
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits without gradients (counted as queries, for score-based attacks)."""
         with torch.no_grad():
             out = model(x)
-        self._queries += len(x)
+        self.count_queries(len(x))
         return out
 
     def log_loss(self, step: int, loss: torch.Tensor) -> None:
@@ -167,17 +208,9 @@ class Attack:
         self._trace_sums[step] = self._trace_sums[step] + loss.detach().float().sum()
         self._trace_counts[step] += loss.numel()
 
-    def random_start(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """A uniformly random point of the eps ball (inside the input bounds)."""
-        if self.threat.norm == "linf":
-            noise = torch.empty_like(x).uniform_(-eps, eps, generator=self.generator)
-        else:
-            direction = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            dims = x[0].numel()
-            radius = eps * torch.rand(len(x), generator=self.generator, device=x.device) ** (1.0 / dims)
-            noise = direction * radius.view(-1, *[1] * (x.dim() - 1))
-        return self.threat.project(x, x + noise, eps)
+    def random_point(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """A uniformly random point of the eps ball around each sample (inside the input bounds)."""
+        return self.threat.project(x, x + random_in_ball(x, self.threat.norm, eps, self.generator), eps)
 
     def rand(self, *shape: int, device: torch.device) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, device=device)
@@ -230,21 +263,22 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes, in batches, without gradients."""
+def default_batch_size(device: torch.device) -> int:
+    """Samples per batch when none is given: 256 on a CPU, 1,000 on an accelerator (see above)."""
+    return CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted classes, in batches (default: :func:`default_batch_size`), without gradients."""
+    batch_size = batch_size or default_batch_size(x.device)
     with torch.no_grad():
         return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]) if len(x) else \
             torch.empty(0, dtype=torch.long, device=x.device)
 
 
-def _module_state(model: Any) -> tuple[list[tuple[nn.Module, bool]], list[tuple[torch.Tensor, bool]]]:
+def _module_state(model: nn.Module) -> tuple[list[tuple[nn.Module, bool]], list[tuple[torch.Tensor, bool]]]:
     """Each submodule's train/eval mode and each parameter's requires_grad, to restore after an attack."""
-    inner = model.module if isinstance(model, LoadedModel) else model
-    if not isinstance(inner, nn.Module) and isinstance(getattr(inner, "model", None), nn.Module):
-        inner = inner.model  # an ART PyTorchClassifier
-    if not isinstance(inner, nn.Module):
-        return [], []
-    return [(m, m.training) for m in inner.modules()], [(p, p.requires_grad) for p in inner.parameters()]
+    return [(m, m.training) for m in model.modules()], [(p, p.requires_grad) for p in model.parameters()]
 
 
 def _restore_module_state(saved) -> None:
@@ -259,12 +293,6 @@ def _restore_module_state(saved) -> None:
         param.requires_grad_(requires_grad)
 
 
-def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *[1] * (like.dim() - 1))
-
-
-def lp_normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction for a gradient: sign for Linf, unit L2 vector for L2."""
-    if norm == "linf":
-        return v.sign()
-    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (v.dim() - 1))
+#: The old name of :func:`~bastion.attacks.toolbox.steepest_ascent`, kept until the training
+#: losses (defenses/training/losses.py) import it from the toolbox.
+lp_normalize = steepest_ascent

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_SEARCH_STEPS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
-from bastion.errors import AttackError
+from bastion.attacks.toolbox import margin, per_sample
 
 NO_UPPER_BOUND = 1e10
 
@@ -28,20 +29,13 @@ NO_UPPER_BOUND = 1e10
 class CarliniWagnerL2(Attack):
     name = "cw-l2"
     norms = ("l2",)
-
-    def __init__(self, threat, *, steps: int = 100, binary_search_steps: int = 9, confidence: float = 0.0,
-                 lr: float = 0.01, initial_const: float = 1e-3, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(binary_search_steps) < 1:
-            raise AttackError(f"{self.name}: steps and binary_search_steps must be >= 1")
-        if lr <= 0 or initial_const <= 0 or confidence < 0:
-            raise AttackError(f"{self.name}: lr and initial_const must be > 0 and confidence >= 0")
-        self.steps, self.binary_search_steps = int(steps), int(binary_search_steps)
-        self.confidence, self.lr, self.initial_const = float(confidence), float(lr), float(initial_const)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "binary_search_steps": self.binary_search_steps,
-                "confidence": self.confidence, "lr": self.lr, "initial_const": self.initial_const}
+    PARAMS = Params(
+        integer("steps", 100, 1, MAX_STEPS),
+        integer("binary_search_steps", 9, 1, MAX_SEARCH_STEPS),
+        number("confidence", 0.0, 0),
+        number("lr", 0.01, 0, low_open=True),
+        number("initial_const", 1e-3, 0, low_open=True),
+    )
 
     def attack_batch(self, model, x, y, eps):
         lo, hi = self.threat.bounds
@@ -50,7 +44,6 @@ class CarliniWagnerL2(Attack):
         const = torch.full((len(x),), self.initial_const, device=x.device)
         lower, upper = torch.zeros_like(const), torch.full_like(const, NO_UPPER_BOUND)
         best, best_l2 = x.clone(), torch.full_like(const, float("inf"))
-        view = (-1,) + (1,) * (x.dim() - 1)
         for search in range(self.binary_search_steps):
             w = w_clean.clone().requires_grad_(True)
             optimiser = torch.optim.Adam([w], lr=self.lr)
@@ -64,13 +57,13 @@ class CarliniWagnerL2(Attack):
                     loss = l2_squared + const * self._f(logits, y)
                     optimiser.zero_grad()
                     loss.sum().backward()
-                self._queries += len(x)
+                self.count_queries(len(x))
                 self.log_loss(step, loss.detach())
                 # The point just evaluated (before this step's update) is the one whose logits we hold.
                 fooled = (logits.detach().argmax(1) != y) & (self._f(logits.detach(), y) <= -self.confidence)
                 l2 = l2_squared.detach().sqrt()
                 closer = fooled & (l2 < best_l2)
-                best = torch.where(closer.view(view), x_adv.detach(), best)
+                best = torch.where(per_sample(closer, x), x_adv.detach(), best)
                 best_l2 = torch.where(closer, l2, best_l2)
                 succeeded |= fooled
                 optimiser.step()
@@ -85,6 +78,4 @@ class CarliniWagnerL2(Attack):
         return best
 
     def _f(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        best_other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return (true - best_other).clamp_min(-self.confidence)
+        return margin(logits, y).clamp_min(-self.confidence)

@@ -17,23 +17,19 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_CLASSES, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
-from bastion.errors import AttackError
+from bastion.attacks.toolbox import per_sample
 
 
 @register
 class DeepFool(Attack):
     name = "deepfool"
-
-    def __init__(self, threat, *, steps: int = 50, overshoot: float = 0.02, num_classes: int = 10, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(num_classes) < 2 or overshoot < 0:
-            raise AttackError(f"{self.name}: need steps >= 1, num_classes >= 2 and overshoot >= 0")
-        self.steps, self.overshoot, self.num_classes = int(steps), float(overshoot), int(num_classes)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "overshoot": self.overshoot,
-                "num_classes": self.num_classes}
+    PARAMS = Params(
+        integer("steps", 50, 1, MAX_STEPS),
+        number("overshoot", 0.02, 0),
+        integer("num_classes", 10, 2, MAX_CLASSES, help="candidate classes, the most likely first"),
+    )
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)
@@ -41,7 +37,6 @@ class DeepFool(Attack):
         candidates = clean_logits.argsort(dim=1, descending=True)[:, 1:n_candidates]  # the true class is first
         out, r_total = x.clone(), torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
-        view = (-1,) + (1,) * (x.dim() - 1)
         for step in range(self.steps):
             x_i = (x[rows] + (1 + self.overshoot) * r_total).clamp(*self.threat.bounds)
             classes = torch.cat([y[rows, None], candidates[rows]], 1)
@@ -62,9 +57,9 @@ class DeepFool(Attack):
             pick = lambda t: t[torch.arange(len(t), device=t.device), closest]
             f_k, w_k, dual_k = pick(f).abs(), pick(w), pick(dual).clamp_min(1e-12)
             if self.threat.norm == "linf":
-                r = ((f_k + 1e-4) / dual_k).view(view) * w_k.sign()
+                r = per_sample((f_k + 1e-4) / dual_k, w_k) * w_k.sign()
             else:
-                r = ((f_k + 1e-4) / dual_k ** 2).view(view) * w_k
+                r = per_sample((f_k + 1e-4) / dual_k ** 2, w_k) * w_k
             r_total = r_total + r
         final = (x[rows] + (1 + self.overshoot) * r_total).clamp(*self.threat.bounds)
         out[rows] = final
@@ -80,5 +75,5 @@ class DeepFool(Attack):
             picked = logits.gather(1, classes)
             grads = [torch.autograd.grad(picked[:, k].sum(), x, retain_graph=k < classes.shape[1] - 1)[0]
                      for k in range(classes.shape[1])]
-        self._queries += len(x)
+        self.count_queries(len(x))
         return logits.detach(), torch.stack(grads, 1)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Params, integer, number
 from bastion.attacks.registry import register
-from bastion.errors import AttackError
+from bastion.attacks.toolbox import per_sample
 
 
 def project_onto_hyperplane(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, bounds: tuple[float, float],
@@ -67,21 +68,14 @@ def _solve_piecewise_linear(weight: torch.Tensor, breakpoint: torch.Tensor, need
 @register
 class FABT(Attack):
     name = "fab-t"
-
-    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
-            raise AttackError(f"{self.name}: steps, restarts and n_target_classes must be >= 1")
-        if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta <= 1):
-            raise AttackError(f"{self.name}: need 0 <= alpha_max <= 1, eta >= 1 and 0 < beta <= 1")
-        self.steps, self.restarts, self.n_target_classes = int(steps), int(restarts), int(n_target_classes)
-        self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-
-    def params(self):
-        return {**super().params(), "steps": self.steps, "restarts": self.restarts,
-                "n_target_classes": self.n_target_classes, "alpha_max": self.alpha_max, "eta": self.eta,
-                "beta": self.beta}
+    PARAMS = Params(
+        integer("steps", 100, 1, MAX_STEPS),
+        integer("restarts", 1, 1, MAX_RESTARTS),
+        integer("n_target_classes", 9, 1, MAX_CLASSES),
+        number("alpha_max", 0.1, 0, 1),
+        number("eta", 1.05, 1),
+        number("beta", 0.9, 0, 1, low_open=True),
+    )
 
     def attack_batch(self, model, x, y, eps):
         clean_logits = self.logits(model, x)
@@ -99,8 +93,7 @@ class FABT(Attack):
     def _run(self, model, x, y, target, eps, rows, best, best_dist, random_start):
         """One FAB pass toward ``target`` for ``rows``; improves ``best``/``best_dist`` in place."""
         x_orig = x[rows]
-        x_i = x_orig + 0.5 * (self.random_start(x_orig, eps) - x_orig) if random_start else x_orig.clone()
-        view = (-1,) + (1,) * (x.dim() - 1)
+        x_i = x_orig + 0.5 * (self.random_point(x_orig, eps) - x_orig) if random_start else x_orig.clone()
         for step in range(self.steps):
             t, yy = target[rows], y[rows]
             f, grad, _ = self.loss_and_grad(model, x_i, yy, lambda logits, labels: _gap(logits, t, labels))
@@ -109,14 +102,14 @@ class FABT(Attack):
             d_i = self._project(x_i, grad, -f)
             d_o = self._project(x_orig, grad, -f - (grad * (x_orig - x_i)).flatten(1).sum(1))
             n_i, n_o = self.threat.distance(x_i, x_i + d_i), self.threat.distance(x_orig, x_orig + d_o)
-            alpha = (n_i / (n_i + n_o).clamp_min(1e-12)).clamp(0, self.alpha_max).view(view)
+            alpha = per_sample((n_i / (n_i + n_o).clamp_min(1e-12)).clamp(0, self.alpha_max), x_i)
             x_i = ((1 - alpha) * (x_i + self.eta * d_i) + alpha * (x_orig + self.eta * d_o)).clamp(*self.threat.bounds)
 
             is_adv = self.logits(model, x_i).argmax(1) != yy
             dist = self.threat.distance(x_orig, x_i)
             closer = is_adv & (dist < best_dist[rows])
             best[rows[closer]], best_dist[rows[closer]] = x_i[closer], dist[closer]
-            x_i = torch.where(is_adv.view(view), (1 - self.beta) * x_orig + self.beta * x_i, x_i)
+            x_i = torch.where(per_sample(is_adv, x_i), (1 - self.beta) * x_orig + self.beta * x_i, x_i)
 
             keep = best_dist[rows] > eps  # done once an adversarial inside the eps ball is found
             if not keep.all():

@@ -3,8 +3,9 @@ or its unit direction (L2)."""
 
 from __future__ import annotations
 
-from bastion.attacks.base import Attack, lp_normalize
+from bastion.attacks.base import Attack
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import steepest_ascent
 
 
 @register
@@ -14,4 +15,4 @@ class FGSM(Attack):
     def attack_batch(self, model, x, y, eps):
         loss, grad, _ = self.loss_and_grad(model, x, y)
         self.log_loss(0, loss)
-        return x + eps * lp_normalize(grad, self.threat.norm)
+        return x + eps * steepest_ascent(grad, self.threat.norm)

@@ -20,7 +20,9 @@ import math
 import torch
 
 from bastion.attacks.base import Attack
+from bastion.attacks.params import MAX_QUERIES, Params, integer, number
 from bastion.attacks.registry import register
+from bastion.attacks.toolbox import margin, per_sample
 from bastion.errors import AttackError
 
 #: (iteration on a 10,000 budget, divisor of p_init) for the iterations up to that one
@@ -30,16 +32,11 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
 @register
 class Square(Attack):
     name = "square"
-    family = "black-box"
-
-    def __init__(self, threat, *, n_queries: int = 5000, p_init: float = 0.8, **kwargs):
-        super().__init__(threat, **kwargs)
-        if int(n_queries) < 1 or not 0 < p_init <= 1:
-            raise AttackError(f"{self.name}: need n_queries >= 1 and 0 < p_init <= 1")
-        self.n_queries, self.p_init = int(n_queries), float(p_init)
-
-    def params(self):
-        return {**super().params(), "n_queries": self.n_queries, "p_init": self.p_init}
+    FAMILY = "black-box"
+    PARAMS = Params(
+        integer("n_queries", 5000, 1, MAX_QUERIES),
+        number("p_init", 0.8, 0, 1, low_open=True, help="initial share of the image a square covers"),
+    )
 
     def attack_batch(self, model, x, y, eps):
         if x.dim() != 4:
@@ -47,30 +44,28 @@ class Square(Attack):
         linf = self.threat.norm == "linf"
         out, rows = x.clone(), torch.arange(len(x), device=x.device)
         x_best = self._init_linf(x, eps) if linf else self._init_l2(x, eps)
-        margin = self._margin(model, x_best, y)
+        best_margin = self._margin(model, x_best, y)
         for i in range(1, self.n_queries + 1):
-            fooled = margin < 0
+            fooled = best_margin < 0
             if fooled.any():
                 out[rows[fooled]] = x_best[fooled]
                 keep = ~fooled
-                rows, x_best, margin = rows[keep], x_best[keep], margin[keep]
+                rows, x_best, best_margin = rows[keep], x_best[keep], best_margin[keep]
             if len(rows) == 0 or i == self.n_queries:
                 break
             p = self._p(i)
             x0 = x[rows]
             x_new = self._step_linf(x0, x_best, p, eps) if linf else self._step_l2(x0, x_best, p, eps)
             new_margin = self._margin(model, x_new, y[rows])
-            better = new_margin < margin
-            x_best = torch.where(better.view(-1, 1, 1, 1), x_new, x_best)
-            margin = torch.where(better, new_margin, margin)
+            better = new_margin < best_margin
+            x_best = torch.where(per_sample(better, x_new), x_new, x_best)
+            best_margin = torch.where(better, new_margin, best_margin)
         out[rows] = x_best
         return out
 
     # ---- the pieces the paper names ---------------------------------------------------
     def _margin(self, model, x, y):
-        logits = self.logits(model, x)
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        return true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        return margin(self.logits(model, x), y)
 
     def _p(self, i: int) -> float:
         scaled = int(i / self.n_queries * 10000)
@@ -87,7 +82,7 @@ class Square(Attack):
         sign = self._signs(n, c, 1, 1, device=x0.device)
         # A proposal equal to the current square is a wasted query: take the opposite sign then.
         unchanged = ((x0 + eps * sign).clamp(*self.threat.bounds) - x_best).abs().mul(inside).flatten(1).amax(1) < 1e-7
-        sign = torch.where(unchanged.view(-1, 1, 1, 1), -sign, sign)
+        sign = torch.where(per_sample(unchanged, sign), -sign, sign)
         return torch.where(inside, (x0 + eps * sign).clamp(*self.threat.bounds), x_best)
 
     def _init_l2(self, x, eps):
@@ -129,7 +124,7 @@ class Square(Attack):
 
 
 def _l2(delta: torch.Tensor) -> torch.Tensor:
-    return delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return per_sample(delta.flatten(1).norm(dim=1).clamp_min(1e-12), delta)
 
 
 def _channel_l2(delta: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,15 @@ indicators all take these from here rather than writing their own:
   the sample is misclassified (towards the target);
 - :func:`steepest_ascent` is the unit-norm direction of steepest ascent of a gradient
   (its sign for Linf, the normalised gradient for L2);
-- :func:`random_in_ball` draws a point uniformly from the eps ball (by volume).
+- :func:`random_in_ball` draws a point uniformly from the eps ball (by volume);
+- :func:`ascent_step` is one projected steepest-ascent step (PGD's update).
 """
 
 from __future__ import annotations
 
 import torch
+
+from bastion.threat import ThreatModel
 
 
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -53,3 +56,12 @@ def random_in_ball(x: torch.Tensor, norm: str, eps: float, generator: torch.Gene
     dims = x[0].numel() if len(x) else 1
     radius = eps * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
     return direction * per_sample(radius, x)
+
+
+def ascent_step(threat: ThreatModel, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor,
+                step: float | torch.Tensor, eps: float) -> torch.Tensor:
+    """``x_adv`` moved by ``step`` (a number, or one per sample) along the steepest ascent of ``grad``,
+    then projected onto the eps ball around ``x`` and the input bounds."""
+    if isinstance(step, torch.Tensor):
+        step = per_sample(step, x_adv)
+    return threat.project(x, x_adv + step * steepest_ascent(grad, threat.norm), eps)

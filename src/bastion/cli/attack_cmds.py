@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import click
-import numpy as np
 
-from bastion.attacks import ATTACKS
 from bastion.cli import main
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
                                 seed_option, weights_option)
@@ -45,18 +41,6 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
-def accepted_params(attack_cls) -> str:
-    """The keyword parameters an attack's constructor takes, for error messages."""
-    import inspect
-
-    names = []
-    for cls in attack_cls.__mro__:
-        if "__init__" in vars(cls):
-            names += [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                      if p.kind is p.KEYWORD_ONLY and p.name not in names]
-    return ", ".join(n for n in names if n not in ("batch_size", "seed")) or "no parameters"
-
-
 def parse_eps(values: tuple[str, ...]) -> list[float]:
     eps = []
     for value in values:
@@ -68,9 +52,19 @@ def parse_eps(values: tuple[str, ...]) -> list[float]:
     return eps
 
 
+class _AttackNameOption(click.Option):
+    """--attack, whose help lists the registry's names: looked up only when help is shown, so that
+    parsing the command line needs no torch."""
+
+    def get_help_record(self, ctx):
+        from bastion.attacks import ATTACKS
+
+        self.help = f"Attack name: {', '.join(sorted(ATTACKS))} (art runs an ART class: -p attack=HopSkipJump)."
+        return super().get_help_record(ctx)
+
+
 @main.command()
-@click.option("--attack", "-a", "attack_name", required=True,
-              help=f"Attack name: {', '.join(sorted(ATTACKS))} (art runs an ART class: -p attack=HopSkipJump).")
+@click.option("--attack", "-a", "attack_name", cls=_AttackNameOption, required=True, help="Attack name.")
 @click.option("--eps", "-e", multiple=True, required=True, help="Perturbation budget; repeat or comma-separate for a sweep.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @model_option
@@ -110,11 +104,14 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
     data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
     threat = ThreatModel(norm=norm, eps=parse_eps(eps), bounds=data.bounds)
-    try:
-        attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **parse_params(params))
-    except (TypeError, ValueError) as exc:  # a parameter the attack lacks, or a value of the wrong type
-        takes = accepted_params(attack_cls)
-        raise UsageError(f"{attack_name}: bad --param ({exc}); it takes {takes}") from None
+    attack_params = parse_params(params)
+    for key, option in (("seed", "--seed"), ("batch_size", "--batch-size")):
+        if key in attack_params:
+            raise UsageError(f"--param {key}: set it with {option}")
+    problem = attack_cls.PARAMS.find_problem(attack_params)
+    if problem:
+        raise UsageError("--param: " + problem.after(attack_name))
+    attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **attack_params)
     results = attack_obj.run(loaded.module, data.x, data.y)
 
     summary = {
@@ -125,6 +122,10 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
                     for r in results],
     }
     if out:
+        import io
+
+        import numpy as np
+
         buffer = io.BytesIO()
         np.savez_compressed(buffer, x_adv=results[-1].x_adv.cpu().numpy(), y=data.y.numpy(),
                             robust=np.stack([r.robust.cpu().numpy() for r in results]),

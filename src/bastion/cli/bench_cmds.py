@@ -12,6 +12,7 @@ from bastion.cli import main
 from bastion.cli.attack_cmds import parse_eps
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
                                 seed_option, weights_option)
+from bastion.cli.progress import BenchProgress, Progress
 from bastion.errors import UsageError
 
 #: Samples `bastion bench` attacks by default. Measured: the standard suite on
@@ -49,6 +50,7 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     """
     from bastion.data import load_data
     from bastion.evaluation import benchmark, load_suite
+    from bastion.evaluation.bench import CHECKPOINT
     from bastion.models import load_model
 
     if n is not None and n <= 0:
@@ -75,15 +77,17 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the report directory ({exc.strerror})") from None
-    if not resume and (out / "checkpoint.json").exists():
+    if not resume and (out / CHECKPOINT).exists():
         notes.append(f"{out} holds an earlier run; starting over (use --resume to continue it)")
+    if resume and not (out / CHECKPOINT).exists():
+        notes.append(f"--resume: {out} holds no checkpoint; starting a new run")
     if not quiet and not as_json:
         for note in notes:
             click.echo(f"note: {note}", err=True)
     command = "bastion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with _Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet) as progress:
         report = benchmark(loaded, data, suite, out_dir=out, seed=seed, resume=resume, batch_size=batch_size,
-                           on_event=progress.event, command=command)
+                           on_event=BenchProgress(progress), command=command)
     if as_json:
         emit_json(_json_summary(report, out, notes))
     elif not quiet:
@@ -138,45 +142,3 @@ def _print_summary(report: dict, out: Path) -> None:
     t = report["timing"]
     click.echo(f"  time: attacks {t['attacks_seconds']:.1f} s, indicators {t['indicators_seconds']:.1f} s")
     click.echo(f"  report: {out / 'report.md'} (also report.json and 3 PNG plots)")
-
-
-class _Progress:
-    """A rich progress bar on stderr, one step per (eps, attack); silent when disabled."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn)
-
-            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def event(self, kind: str, info: dict) -> None:
-        if self.bar is None:
-            return
-        if kind == "resume":
-            self.bar.console.print(f"resuming: {info['done']} attack run(s) already finished")
-        elif kind == "unit-start":
-            description = f"eps {info['eps']:g} {info['attack']} on {info['standing']} samples"
-            if self.task is None:
-                self.task = self.bar.add_task(description, total=info["total"], completed=info["position"] - 1)
-            self.bar.update(self.task, description=description, completed=info["position"] - 1)
-        elif kind == "unit-end":
-            self.bar.console.print(f"  eps {info['eps']:g} {info['attack']}: broke {len(info['broken'])} of "
-                                   f"{info['standing']} ({info['seconds']:.1f} s)")
-            self.bar.advance(self.task)
-        elif kind == "indicators-start":
-            self.task = self.task if self.task is not None else self.bar.add_task("", total=None)
-            self.bar.update(self.task, description="attack-failure indicators")

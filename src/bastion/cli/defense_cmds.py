@@ -8,7 +8,7 @@ import click
 
 from bastion.cli import main
 from bastion.cli.common import emit_json, json_option, quiet_option
-from bastion.defenses.training.trainer import TrainingMonitor, holdout_key, holdout_label
+from bastion.cli.progress import Progress, TrainProgress
 from bastion.errors import UsageError
 
 
@@ -54,11 +54,9 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_j
     out_dir = Path(out or f"{architecture}-{recipe.name}")
     checkpoint_dir = out_dir.with_name(out_dir.name + ".ckpt")
 
-    show_progress = not (quiet or as_json)
-    monitor = _ProgressMonitor(recipe) if show_progress else _QuietMonitor()
-    with monitor:
+    with Progress(enabled=not (quiet or as_json), fields=TrainProgress.FIELDS, remaining=True) as progress:
         result = run_training(recipe, data, model=module, checkpoint_dir=checkpoint_dir, resume=resume,
-                              monitor=monitor)
+                              monitor=TrainProgress(progress, recipe))
     save_trained_bundle(result, out_dir, data, name=name or out_dir.name, architecture=architecture,
                         extra={"recipe_file": _display_path(recipe.source)})
     # The bundle now holds the result; the checkpoint only served to survive interruptions.
@@ -114,67 +112,3 @@ def _initial_model(model_ref: str | None, recipe):
     if meta.sanitizer:
         raise UsageError(f"--model {model_ref}: this bundle wraps the model in a sanitizer; train the bare model")
     return loaded.module, meta.architecture
-
-
-class _QuietMonitor(TrainingMonitor):
-    """Prints nothing (for --quiet and --json)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _ProgressMonitor(_QuietMonitor):
-    """A rich progress bar on stderr: loss and accuracy per step, clean/robust held-out accuracy per epoch."""
-
-    def __init__(self, recipe) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.recipe = recipe
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  train acc {task.fields[acc]:.1%}  "
-                       "held-out clean {task.fields[clean]}  robust {task.fields[robust]}"),
-            TimeRemainingColumn(), console=self.console, transient=True)
-        self.task = None
-        self.steps_per_epoch = 1
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-        return False
-
-    def start(self, *, epochs, first_epoch, steps_per_epoch):
-        self.steps_per_epoch = steps_per_epoch
-        self.epochs = epochs
-        self.task = self.progress.add_task("train", total=epochs * steps_per_epoch,
-                                           completed=first_epoch * steps_per_epoch, epoch=f"{first_epoch + 1}/{epochs}",
-                                           loss=0.0, acc=0.0, clean="-", robust="-")
-
-    def step(self, *, epoch, loss, accuracy):
-        self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.epochs}", loss=loss, acc=accuracy)
-
-    def epoch(self, record):
-        clean = record.get("holdout_clean")
-        robust = record.get(holdout_key(self.recipe))
-        fields = {}
-        radius = "" if self.recipe.method in ("clean", "gaussian") else f"eps {record['eps']:.3f}  "
-        line = (f"epoch {record['epoch']:>3}/{self.epochs}  {radius}loss {record['loss']:.3f}  "
-                f"train {record['train_accuracy']:.1%}")
-        if clean is not None:
-            fields = {"clean": f"{clean:.1%}", "robust": f"{robust:.1%}"}
-            line += f" | held-out clean {clean:.1%}  {holdout_label(self.recipe)} {robust:.1%}"
-            if record.get("best"):
-                line += "  (best)"
-        self.progress.update(self.task, **fields)
-        self.console.print(line + f"  {record['seconds']:.0f} s", highlight=False, soft_wrap=True)
-
-    def message(self, text):
-        self.console.print(text, highlight=False, soft_wrap=True)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
 from bastion.cli import main
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
                                 quiet_option, seed_option, weights_option)
-from bastion.errors import DataError, UsageError
+from bastion.cli.progress import Progress
+from bastion.errors import UsageError
 
 
 @main.command()
@@ -24,9 +21,10 @@ from bastion.errors import DataError, UsageError
 @click.option("--model", "-m", "model_ref",
               help="Instead of --input: a zoo model or bundle to wrap; --out is then a bundle directory.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output .npz (with --input) or bundle directory.")
+@device_option
 @seed_option
 @json_option
-def sanitize(recipe, input_path, model_ref, out, seed, as_json):
+def sanitize(recipe, input_path, model_ref, out, device, seed, as_json):
     """Validate and sanitise inputs with a recipe, or wrap a model in one.
 
     \b
@@ -41,77 +39,56 @@ def sanitize(recipe, input_path, model_ref, out, seed, as_json):
         raise UsageError("give exactly one of --input X.npz (sanitise data) or --model M (wrap a model)")
     sanitizer = load_sanitizer(recipe)
     if model_ref is not None:
-        _sanitize_model(sanitizer, model_ref, out, as_json)
+        _sanitize_model(sanitizer, model_ref, out, pick_device(device), as_json)
         return
     if not out.endswith(".npz"):
         raise UsageError(f"--out {out}: the output must be a .npz file")
-    arrays = _read_npz(Path(input_path))
-    x = torch.from_numpy(arrays["x"])
-    nonfinite = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
-    lo, hi = sanitizer.bounds
-    outside = int(((x < lo) | (x > hi)).sum()) if x.is_floating_point() else 0
-    generator = torch.Generator().manual_seed(seed)
-    clean = sanitizer(x, generator=generator)
+    _sanitize_data(sanitizer, Path(input_path), out, seed, as_json)
+
+
+def _sanitize_data(sanitizer, input_path: Path, out: str, seed: int, as_json: bool) -> None:
+    import dataclasses
+    import io
+
+    import numpy as np
+    import torch
+
+    from bastion.data import read_npz
+    from bastion.fsutil import atomic_write_bytes
+
+    arrays = read_npz(input_path, required=("x",))
+    clean, stats = sanitizer.sanitize_with_stats(torch.from_numpy(arrays["x"]),
+                                                 generator=torch.Generator().manual_seed(seed))
     arrays["x"] = clean.numpy().astype(np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    from bastion.fsutil import atomic_write_bytes
-
     atomic_write_bytes(out, buffer.getvalue())
-    summary = {"recipe": sanitizer.name, "input": input_path, "out": out, "samples": len(clean),
-               "nonfinite_values_replaced": nonfinite, "out_of_range_values_clamped": outside,
-               "mean_abs_change": float((clean - x.float().nan_to_num(lo, hi, lo).clamp(lo, hi)).abs().mean()),
+    summary = {"recipe": sanitizer.name, "input": str(input_path), "out": out, **dataclasses.asdict(stats),
                "transforms": [t.describe() for t in sanitizer.transforms]}
     if as_json:
         emit_json(summary)
         return
-    steps = ", ".join(_describe(t) for t in sanitizer.transforms) or "no transforms"
-    click.echo(f"sanitised {len(clean)} samples with {sanitizer.name} ({steps}) -> {out}")
-    click.echo(f"  validation: {nonfinite} NaN/Inf value(s) replaced, {outside} out-of-range value(s) clamped")
-    click.echo(f"  mean absolute change per value {summary['mean_abs_change']:.4f}")
+    steps = ", ".join(t.label() for t in sanitizer.transforms) or "no transforms"
+    click.echo(f"sanitised {stats.samples} samples with {sanitizer.name} ({steps}) -> {out}")
+    click.echo(f"  validation: {stats.nonfinite_values_replaced} NaN/Inf value(s) replaced, "
+               f"{stats.out_of_range_values_clamped} out-of-range value(s) clamped")
+    click.echo(f"  mean absolute change per value {stats.mean_abs_change:.4f}")
 
 
-def _sanitize_model(sanitizer, model_ref: str, out: str, as_json: bool) -> None:
+def _sanitize_model(sanitizer, model_ref: str, out: str, device, as_json: bool) -> None:
     from bastion.defenses.sanitizer import save_sanitized_bundle
     from bastion.models import load_model
 
-    loaded = load_model(model_ref)
+    loaded = load_model(model_ref, device=device)
     path = save_sanitized_bundle(loaded, sanitizer, out)
-    adaptive = [f"BPDA for {t.kind}" for t in sanitizer.transforms if not t.differentiable]
-    if sanitizer.randomized:
-        adaptive.append(f"EOT over {sanitizer.eot_samples} draws")
     summary = {"recipe": sanitizer.name, "model": loaded.source or model_ref, "bundle": str(path),
-               "adaptive_evaluation": adaptive or ["plain gradients (every transform is differentiable)"]}
+               "adaptive_evaluation": sanitizer.adaptive_evaluation()}
     if as_json:
         emit_json(summary)
         return
     click.echo(f"wrote sanitised model bundle {path} ({loaded.source or model_ref} behind {sanitizer.name})")
     click.echo(f"  attacks evaluate it with {', '.join(summary['adaptive_evaluation'])}")
     click.echo(f"  try: bastion attack --model {path} --attack pgd --eps 0.3 --n 200")
-
-
-def _describe(transform) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in transform.params().items())
-    return f"{transform.kind}({params})"
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    import zipfile
-
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot read without unpickling ({exc}); save plain numeric arrays") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a valid .npz file ({exc})") from None
-    if "x" not in arrays:
-        raise DataError(f"{path}: expected an array named 'x', found {sorted(arrays) or 'none'}")
-    if arrays["x"].dtype.kind not in "fiub":
-        raise DataError(f"{path}: 'x' must hold numbers, got dtype {arrays['x'].dtype}")
-    return arrays
 
 
 @main.command()
@@ -152,10 +129,7 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
         raise UsageError("--calib-n must be >= 2 and --n >= 1")
     if (attack_name is None) != (eps is None):
         raise UsageError("--attack and --eps go together")
-    try:
-        squeezers = [BitDepth(bits), MedianSmooth(median)]
-    except ValueError as exc:
-        raise UsageError(f"squeezer: {exc}") from None
+    squeezers = [BitDepth(bits), MedianSmooth(median)]
     dev = pick_device(device)
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
     data = load_data(data_ref, "test", bounds=loaded.bounds)
@@ -176,7 +150,7 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"feature-squeezing detector ({', '.join(_describe(s) for s in squeezers)}) on {summary['model']}")
+    click.echo(f"feature-squeezing detector ({', '.join(s.label() for s in squeezers)}) on {summary['model']}")
     click.echo(f"  threshold {report.threshold:.4f}: calibrated on {calib_n} clean samples of {data.name} "
                f"for a {fpr:.1%} false-positive rate")
     click.echo(f"  held-out clean samples flagged: {report.clean_fpr:.1%} of {report.n_clean} (target {fpr:.1%})")
@@ -218,7 +192,8 @@ def certify(model_ref, weights, data_ref, n, sigma, n0, samples, alpha, batch_si
     """
     from bastion.data import load_data
     from bastion.defenses.smoothing import certify as run_certify
-    from bastion.defenses.smoothing import max_certifiable_radius, radius_grid, write_certified_plot
+    from bastion.defenses.smoothing import write_certified_plot
+    from bastion.fsutil import atomic_write_text
     from bastion.models import load_model
 
     if n <= 0 or batch_size <= 0:
@@ -226,31 +201,16 @@ def certify(model_ref, weights, data_ref, n, sigma, n0, samples, alpha, batch_si
     dev = pick_device(device)
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
     data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
-    show = not (quiet or as_json) and sys.stderr.isatty()
-    with click.progressbar(length=len(data), label="certifying", file=sys.stderr) if show else _NoBar() as bar:
+    with Progress(enabled=not (quiet or as_json)) as progress:
+        progress.start("certifying", total=len(data))
         cert = run_certify(loaded.module, data.x, sigma=sigma, n0=n0, samples=samples, alpha=alpha,
-                           num_classes=loaded.num_classes, batch_size=batch_size, seed=seed, progress=bar.update)
-    correct = cert.correct(data.y)
-    abstained = cert.prediction == -1
-    radii = radius_grid(sigma, samples, alpha)
-    table = [{"radius": r, "certified_accuracy": a} for r, a in zip(radii, cert.certified_accuracy(data.y, radii))]
-    summary = {
-        "model": loaded.source or loaded.name, "data": data.name, "n": len(data), "sigma": sigma, "n0": n0,
-        "samples": samples, "alpha": alpha, "seed": seed,
-        "smoothed_accuracy": correct.float().mean().item(), "abstained": int(abstained.sum()),
-        "wrong": int((~correct & ~abstained).sum()),
-        "median_radius_correct": float(cert.radius[correct].median()) if correct.any() else 0.0,
-        "certified_accuracy": table,
-        "per_sample": [{"label": int(label), "prediction": int(p), "radius": round(float(r), 6),
-                        "p_lower": round(float(q), 6)}
-                       for label, p, r, q in zip(data.y, cert.prediction, cert.radius, cert.p_lower)],
-    }
+                           num_classes=loaded.num_classes, batch_size=batch_size, seed=seed,
+                           progress=progress.advance)
+    summary = {"model": loaded.source or loaded.name, "data": data.name, "seed": seed, **cert.summary(data.y)}
     if out:
-        from bastion.fsutil import atomic_write_text
-
         out_dir = Path(out)
         atomic_write_text(out_dir / "certify.json", json.dumps(summary, indent=2) + "\n")
-        write_certified_plot(out_dir / "certified_accuracy.png", cert.radius, correct, sigma,
+        write_certified_plot(out_dir / "certified_accuracy.png", cert.radius, cert.correct(data.y), sigma,
                              f"{summary['model']}, sigma {sigma:g}, {len(data)} samples")
         summary["out"] = str(out_dir)
     if as_json:
@@ -262,22 +222,11 @@ def certify(model_ref, weights, data_ref, n, sigma, n0, samples, alpha, batch_si
                f"wrong {summary['wrong']})")
     click.echo(f"  median certified L2 radius of correct samples {summary['median_radius_correct']:.3f}")
     click.echo("  L2 radius  certified accuracy")
-    for row in table:
+    for row in summary["certified_accuracy"]:
         click.echo(f"  {row['radius']:<9g}  {row['certified_accuracy']:.1%}")
-    cap = max_certifiable_radius(sigma, samples, alpha)
-    click.echo(f"  (with {samples} samples no radius can exceed {cap:.3f}; raise --samples to certify more)")
+    click.echo(f"  (with {samples} samples no radius can exceed {summary['max_certifiable_radius']:.3f}; "
+               "raise --samples to certify more)")
     click.echo(f"  certified accuracy at r: right, and provably right for every L2 perturbation < r, "
                f"each certificate wrong with probability <= {alpha:g}")
     if out:
         click.echo(f"  wrote {out}/certify.json and {out}/certified_accuracy.png")
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, _n: int) -> None:
-        pass

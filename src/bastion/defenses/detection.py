@@ -21,9 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion.attacks.base import default_batch_size, predict
+from bastion.attacks.params import MAX_STEPS, integer
+from bastion.attacks.toolbox import ascent_step, random_in_ball
 from bastion.defenses.transforms import BitDepth, MedianSmooth, Transform, apply_for_attack
 from bastion.errors import UsageError
 from bastion.threat import ThreatModel
+
+
+#: The detector-aware attack's step budget.
+ADAPTIVE_STEPS = integer("steps", 100, 1, MAX_STEPS)
 
 
 def default_squeezers() -> list[Transform]:
@@ -33,13 +40,13 @@ def default_squeezers() -> list[Transform]:
 
 class FeatureSqueezingDetector:
     def __init__(self, model: nn.Module, squeezers: list[Transform] | None = None, *,
-                 bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 500) -> None:
+                 bounds: tuple[float, float] = (0.0, 1.0), batch_size: int | None = None) -> None:
         self.model = model
         self.squeezers = squeezers if squeezers is not None else default_squeezers()
         if not self.squeezers:
             raise UsageError("a feature-squeezing detector needs at least one squeezer")
         self.bounds = bounds
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # None: the attacks' default for the device
         self.threshold: float | None = None
         self.target_fpr: float | None = None
 
@@ -53,7 +60,8 @@ class FeatureSqueezingDetector:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample detector scores in [0, 2] (no gradients, batched)."""
         with torch.no_grad():
-            return torch.cat([self.score_with_grad(chunk)[0] for chunk in x.split(self.batch_size)])
+            batch = self.batch_size or default_batch_size(x.device)
+            return torch.cat([self.score_with_grad(chunk)[0] for chunk in x.split(batch)])
 
     def calibrate(self, x_clean: torch.Tensor, fpr: float) -> float:
         """Set the threshold so that at most ``fpr`` of ``x_clean`` scores above it."""
@@ -88,11 +96,13 @@ def adaptive_evasion_attack(detector: FeatureSqueezingDetector, x: torch.Tensor,
     """
     if detector.threshold is None:
         raise UsageError("calibrate the detector before attacking it")
+    _check_adaptive_steps(steps)
     eps = threat.single
     alpha = step_size or 2.5 * eps / steps
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
-    x_adv = threat.project(x, x + noise if threat.norm == "linf" else x, eps)
+    # A random start in the Linf cube; for L2, start at x itself.
+    start = x + random_in_ball(x, "linf", eps, generator) if threat.norm == "linf" else x
+    x_adv = threat.project(x, start, eps)
     best = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     margin = detector.threshold / 2
@@ -114,9 +124,7 @@ def adaptive_evasion_attack(detector: FeatureSqueezingDetector, x: torch.Tensor,
         done |= evaded
         if bool(done.all()):
             break
-        direction = grad.sign() if threat.norm == "linf" else \
-            grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-        x_adv = threat.project(x, x_adv.detach() + alpha * direction, eps)
+        x_adv = ascent_step(threat, x, x_adv.detach(), grad, alpha, eps)
     still = ~done
     best[still] = x_adv.detach()[still]  # no evasion found: return the last iterate
     return best
@@ -143,8 +151,7 @@ class DetectionReport:
 def evaluate_detector(detector: FeatureSqueezingDetector, x: torch.Tensor, y: torch.Tensor, *,
                       attack=None, adaptive_steps: int = 100, seed: int = 0) -> DetectionReport:
     """Held-out FPR on ``x``, and (with a bastion ``attack``) detection and evasion rates."""
-    from bastion.attacks import predict
-
+    _check_adaptive_steps(adaptive_steps)
     flagged_clean = detector.detect(x)
     report = DetectionReport(threshold=float(detector.threshold), target_fpr=float(detector.target_fpr),
                              clean_fpr=flagged_clean.float().mean().item(), n_clean=len(x))
@@ -170,3 +177,9 @@ def evaluate_detector(detector: FeatureSqueezingDetector, x: torch.Tensor, y: to
         evaded |= (predict(detector.model, x_adaptive, detector.batch_size) != ys) & ~detector.detect(x_adaptive)
     report.adaptive_undetected_success = evaded.float().mean().item()
     return report
+
+
+def _check_adaptive_steps(steps: int) -> None:
+    problem = ADAPTIVE_STEPS.problem(steps)
+    if problem:
+        raise UsageError(f"adaptive attack: {problem}")

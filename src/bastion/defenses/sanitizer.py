@@ -22,21 +22,37 @@ so attacks need no special case to evaluate it honestly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import torch
 from torch import nn
 
+from bastion.catalog import resolve
 from bastion.defenses.transforms import Transform, apply_for_attack, build_transform
 from bastion.defenses.validation import InputValidator, build_validator
-from bastion.errors import ConfigError, DataError
+from bastion.errors import ConfigError, DataError, UsageError
+from bastion.fsutil import atomic_write_bytes
+from bastion.models.bundle import META_FILE, PROGRAM_FILE, BundleMeta, save_bundle
+from bastion.models.wrappers import register_bundle_wrapper
 from bastion.tomlfile import read_toml
 
 RECIPE_KEYS = {"kind", "name", "description", "validation", "transforms", "adaptive"}
 DEFAULT_EOT_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class SanitizeStats:
+    """What sanitising one batch did."""
+
+    samples: int
+    nonfinite_values_replaced: int   # NaN/Inf values the validation clamped into the bounds
+    out_of_range_values_clamped: int
+    mean_abs_change: float           # per value, between the (clamped) input and the output
 
 
 @dataclass
@@ -62,6 +78,25 @@ class Sanitizer:
             for transform in self.transforms:
                 x = transform.apply(x, self.bounds, generator)
         return x
+
+    def sanitize_with_stats(self, x: torch.Tensor,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, SanitizeStats]:
+        """:meth:`__call__`, and what it changed."""
+        lo, hi = self.bounds
+        floats = x.is_floating_point()
+        nonfinite = int((~torch.isfinite(x)).sum()) if floats else 0
+        outside = int(((x < lo) | (x > hi)).sum()) if floats else 0
+        clean = self(x, generator=generator)
+        change = float((clean - x.float().nan_to_num(lo, hi, lo).clamp(lo, hi)).abs().mean()) if len(x) else 0.0
+        return clean, SanitizeStats(samples=len(clean), nonfinite_values_replaced=nonfinite,
+                                    out_of_range_values_clamped=outside, mean_abs_change=change)
+
+    def adaptive_evaluation(self) -> list[str]:
+        """How attacks evaluate a model behind this sanitiser, in words."""
+        adaptive = [f"BPDA for {t.kind}" for t in self.transforms if not t.differentiable]
+        if self.randomized:
+            adaptive.append(f"EOT over {self.eot_samples} draws")
+        return adaptive or ["plain gradients (every transform is differentiable)"]
 
     def validate(self, x: torch.Tensor) -> torch.Tensor:
         """The validation stage alone, plus the batch layout the transforms need."""
@@ -112,8 +147,6 @@ def sanitizer_from_dict(raw: Any, where: str) -> Sanitizer:
 
 def load_sanitizer(name_or_path: str | Path) -> Sanitizer:
     """Load a sanitize recipe by name (``sanitize-bitdepth``) or by path."""
-    from bastion.catalog import resolve
-
     path = resolve("defenses", name_or_path)
     return sanitizer_from_dict(read_toml(path, ConfigError), str(path))
 
@@ -174,12 +207,6 @@ def save_sanitized_bundle(loaded: Any, sanitizer: Sanitizer, out_dir: str | Path
     Loading that bundle gives a :class:`SanitizedModel`, so ``bastion attack`` and ``bastion bench``
     evaluate model and sanitiser together, and a signature over the bundle covers the sanitiser too.
     """
-    import dataclasses
-
-    from bastion.errors import UsageError
-    from bastion.fsutil import atomic_write_bytes
-    from bastion.models.bundle import PROGRAM_FILE, BundleMeta, save_bundle
-
     meta = getattr(loaded, "meta", None)
     if not isinstance(meta, BundleMeta):
         raise UsageError("a sanitised bundle is built from a zoo model or a bundle directory "
@@ -190,13 +217,17 @@ def save_sanitized_bundle(loaded: Any, sanitizer: Sanitizer, out_dir: str | Path
         raise UsageError(f"the recipe's bounds {list(sanitizer.bounds)} differ from the model's {meta.bounds}")
     new_meta = dataclasses.replace(meta, name=f"{meta.name}+{sanitizer.name}", sanitizer=sanitizer.to_dict())
     if meta.format == "pt2":
-        import tomli_w
-
-        from bastion.models.bundle import META_FILE
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / PROGRAM_FILE, (Path(loaded.source) / PROGRAM_FILE).read_bytes())
         atomic_write_bytes(out / META_FILE, tomli_w.dumps(dataclasses.asdict(new_meta)).encode())
         return out
     return save_bundle(loaded.module, out_dir, new_meta)
+
+
+def _wrap_sanitized_bundle(module: nn.Module, recipe: Any, where: str) -> SanitizedModel:
+    """What a bundle with a ``[sanitizer]`` section loads as (see bastion.models.wrappers)."""
+    return SanitizedModel(module, sanitizer_from_dict(recipe, where))
+
+
+register_bundle_wrapper("sanitizer", _wrap_sanitized_bundle)

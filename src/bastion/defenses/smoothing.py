@@ -10,15 +10,20 @@ clipped to the input bounds: the guarantee is about the base model exactly as sa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
 from bastion.errors import UsageError
+from bastion.fsutil import atomic_path
 
 ABSTAIN = -1
+#: The most noise samples a certificate may draw (``n0`` and ``samples`` each): a bound on the work.
+MAX_NOISE_SAMPLES = 1_000_000
 
 
 def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
@@ -67,6 +72,26 @@ class Certification:
         correct = self.correct(y)
         return [(correct & (self.radius >= r)).float().mean().item() for r in radii]
 
+    def summary(self, y: torch.Tensor) -> dict[str, Any]:
+        """The certificates against the labels ``y``: accuracies, abstentions, the certified-accuracy
+        table over :func:`radius_grid`, the largest certifiable radius, and every sample's certificate."""
+        y = y.cpu()
+        correct = self.correct(y)
+        abstained = self.prediction == ABSTAIN
+        radii = radius_grid(self.sigma, self.samples, self.alpha)
+        return {
+            "n": len(y), "sigma": self.sigma, "n0": self.n0, "samples": self.samples, "alpha": self.alpha,
+            "smoothed_accuracy": correct.float().mean().item(), "abstained": int(abstained.sum()),
+            "wrong": int((~correct & ~abstained).sum()),
+            "median_radius_correct": float(self.radius[correct].median()) if correct.any() else 0.0,
+            "certified_accuracy": [{"radius": r, "certified_accuracy": a}
+                                   for r, a in zip(radii, self.certified_accuracy(y, radii))],
+            "max_certifiable_radius": max_certifiable_radius(self.sigma, self.samples, self.alpha),
+            "per_sample": [{"label": int(label), "prediction": int(p), "radius": round(float(r), 6),
+                            "p_lower": round(float(q), 6)}
+                           for label, p, r, q in zip(y, self.prediction, self.radius, self.p_lower)],
+        }
+
 
 def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = 100, samples: int = 1000,
             alpha: float = 0.001, num_classes: int | None = None, batch_size: int = 1000,
@@ -114,8 +139,8 @@ def predict_smoothed(model: nn.Module, x: torch.Tensor, *, sigma: float, samples
 def _check(sigma: float, n0: int, samples: int, alpha: float) -> None:
     if not sigma > 0:
         raise UsageError(f"--sigma must be > 0, got {sigma}")
-    if n0 < 1 or samples < 1:
-        raise UsageError(f"--n0 and --samples must be >= 1, got {n0} and {samples}")
+    if not (1 <= n0 <= MAX_NOISE_SAMPLES and 1 <= samples <= MAX_NOISE_SAMPLES):
+        raise UsageError(f"--n0 and --samples must be from 1 to {MAX_NOISE_SAMPLES:,}, got {n0} and {samples}")
     if not 0 < alpha < 0.5:
         raise UsageError(f"--alpha must be in (0, 0.5), got {alpha}")
 
@@ -143,8 +168,6 @@ def max_certifiable_radius(sigma: float, samples: int, alpha: float) -> float:
 
 def radius_grid(sigma: float, samples: int, alpha: float, points: int = 8) -> list[float]:
     """Radii at a round step from 0 up to the largest certifiable one, for the certified-accuracy table."""
-    import math
-
     top = max_certifiable_radius(sigma, samples, alpha) or sigma
     raw_step = top / points
     scale = 10 ** math.floor(math.log10(raw_step))
@@ -154,12 +177,10 @@ def radius_grid(sigma: float, samples: int, alpha: float, points: int = 8) -> li
 
 def write_certified_plot(path, radii: torch.Tensor, correct: torch.Tensor, sigma: float, title: str) -> None:
     """Certified accuracy as a step function of the radius, as a PNG written atomically."""
-    import matplotlib
+    import matplotlib  # heavy optional dependency: only when the plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bastion.fsutil import atomic_path
 
     top = 1.05 * max(float(radii.max()) if len(radii) else 0.0, sigma)
     grid = torch.linspace(0, top, 200)

@@ -10,6 +10,10 @@ shape inside ``bounds``, and declares two facts the adaptive evaluation relies o
   zero or missing gradient.
 - ``randomized``: two calls on the same input may differ. When True the attack must
   use EOT (average over several draws).
+
+Each transform declares its parameters (:class:`~bastion.attacks.params.Params`, the
+same declarations attacks use), so a recipe, the detector's command line and Python
+callers get the same check and the same one-line :class:`~bastion.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -21,27 +25,46 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bastion.errors import ConfigError
+from bastion.attacks.params import Params, integer, number
+from bastion.errors import ConfigError, DataError
 
 
 class Transform:
-    """Base class: subclasses set :attr:`kind`, the two flags, and implement :meth:`apply`."""
+    """Base class: subclasses set :attr:`kind`, the two flags and :attr:`PARAMS`, and implement :meth:`apply`.
+
+    The constructor takes the declared parameters, positionally in declared order or by name.
+    """
 
     kind: ClassVar[str] = ""
     differentiable: ClassVar[bool] = True
     randomized: ClassVar[bool] = False
     #: Works on image batches (N, C, H, W) only; other transforms accept any batch shape.
     needs_images: ClassVar[bool] = False
+    #: The transform's parameters; each becomes an attribute of the same name.
+    PARAMS: ClassVar[Params] = Params()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.PARAMS.check_free(cls, Transform)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        values = self.PARAMS.bind(args, kwargs, ConfigError, self.kind)
+        for key, value in self.PARAMS.resolve(values, ConfigError, self.kind).items():
+            setattr(self, key, value)
 
     def apply(self, x: torch.Tensor, bounds: tuple[float, float],
               generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
-        return {}
+        return {name: getattr(self, name) for name in self.PARAMS.names}
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, **self.params()}
+
+    def label(self) -> str:
+        """``kind(param=value, ...)``, for people."""
+        return f"{self.kind}({', '.join(f'{k}={v}' for k, v in self.params().items())})"
 
 
 class BitDepth(Transform):
@@ -53,20 +76,13 @@ class BitDepth(Transform):
 
     kind = "bit-depth"
     differentiable = False
-
-    def __init__(self, bits: int = 4) -> None:
-        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-            raise ValueError(f"bits must be an integer from 1 to 16, got {bits!r}")
-        self.bits = bits
+    PARAMS = Params(integer("bits", 4, 1, 16))
 
     def apply(self, x, bounds, generator=None):
         lo, hi = bounds
         levels = 2 ** self.bits - 1
         unit = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
         return torch.round(unit * levels) / levels * (hi - lo) + lo
-
-    def params(self):
-        return {"bits": self.bits}
 
 
 class MedianSmooth(Transform):
@@ -81,11 +97,7 @@ class MedianSmooth(Transform):
     kind = "median"
     differentiable = True
     needs_images = True
-
-    def __init__(self, size: int = 2) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 2 <= size <= 15:
-            raise ValueError(f"size must be an integer from 2 to 15, got {size!r}")
-        self.size = size
+    PARAMS = Params(integer("size", 2, 2, 15))
 
     def apply(self, x, bounds, generator=None):
         k = self.size
@@ -95,9 +107,6 @@ class MedianSmooth(Transform):
         windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H, W, k, k)
         # torch.median takes the lower of the two middle values for even windows.
         return windows.reshape(*x.shape, k * k).median(dim=-1).values
-
-    def params(self):
-        return {"size": self.size}
 
 
 class JPEG(Transform):
@@ -109,17 +118,13 @@ class JPEG(Transform):
     kind = "jpeg"
     differentiable = False
     needs_images = True
-
-    def __init__(self, quality: int = 75) -> None:
-        if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 95:
-            raise ValueError(f"quality must be an integer from 1 to 95, got {quality!r}")
-        self.quality = quality
+    PARAMS = Params(integer("quality", 75, 1, 95))
 
     def apply(self, x, bounds, generator=None):
-        from PIL import Image
+        from PIL import Image  # heavy optional dependency: only when JPEG runs
 
         if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"jpeg needs images shaped (N, 1 or 3, H, W), got {tuple(x.shape)}")
+            raise DataError(f"jpeg needs images shaped (N, 1 or 3, H, W), got {tuple(x.shape)}")
         lo, hi = bounds
         pixels = (((x.detach() - lo) / (hi - lo)).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         out = np.empty_like(pixels)
@@ -133,9 +138,6 @@ class JPEG(Transform):
         result = torch.from_numpy(out).to(device=x.device, dtype=x.dtype) / 255.0
         return result * (hi - lo) + lo
 
-    def params(self):
-        return {"quality": self.quality}
-
 
 class GaussianNoise(Transform):
     """Add N(0, sigma^2) noise per value, then clip to the bounds. Random, hence EOT."""
@@ -143,18 +145,11 @@ class GaussianNoise(Transform):
     kind = "gaussian-noise"
     differentiable = True
     randomized = True
-
-    def __init__(self, sigma: float = 0.1) -> None:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma <= 10:
-            raise ValueError(f"sigma must be a number in (0, 10], got {sigma!r}")
-        self.sigma = float(sigma)
+    PARAMS = Params(number("sigma", 0.1, 0, 10, low_open=True))
 
     def apply(self, x, bounds, generator=None):
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (x + self.sigma * noise).clamp(*bounds)
-
-    def params(self):
-        return {"sigma": self.sigma}
 
 
 TRANSFORMS: dict[str, type[Transform]] = {
@@ -170,17 +165,15 @@ def build_transform(spec: dict[str, Any], where: str) -> Transform:
     if kind not in TRANSFORMS:
         raise ConfigError(f"{where}.type: unknown transform {kind!r}; use one of {', '.join(TRANSFORMS)}")
     params = {k: v for k, v in spec.items() if k != "type"}
-    try:
-        return TRANSFORMS[kind](**params)
-    except TypeError:
-        import inspect
-
-        allowed = [p for p in inspect.signature(TRANSFORMS[kind]).parameters]
-        unknown = sorted(set(params) - set(allowed))
+    schema = TRANSFORMS[kind].PARAMS
+    unknown = sorted(set(params) - set(schema.names))
+    if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for {kind} "
-                          f"(allowed: {', '.join(allowed)})") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+                          f"(allowed: {', '.join(schema.names)})")
+    problem = schema.find_problem(params)
+    if problem:
+        raise ConfigError(f"{where}: {problem.message}")
+    return TRANSFORMS[kind](**params)
 
 
 def apply_for_attack(transform: Transform, x: torch.Tensor, bounds: tuple[float, float],

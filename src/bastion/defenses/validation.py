@@ -27,12 +27,9 @@ class InputValidator:
     nonfinite: str = "reject"
 
     def __post_init__(self) -> None:
-        for key in ("out_of_range", "nonfinite"):
-            if getattr(self, key) not in ACTIONS:
-                raise ValueError(f"{key} must be reject or clamp, got {getattr(self, key)!r}")
-        lo, hi = self.bounds
-        if not (lo < hi):
-            raise ValueError(f"bounds must be [lo, hi] with lo < hi, got {list(self.bounds)}")
+        problem = settings_problem(self.bounds, self.out_of_range, self.nonfinite)
+        if problem:
+            raise ConfigError(f"input validator: {problem}")
 
     def __call__(self, x: Any) -> torch.Tensor:
         """Return a float tensor that satisfies the validator, or raise :class:`DataError`."""
@@ -100,7 +97,19 @@ def build_validator(spec: Any, where: str) -> InputValidator:
             if spec[key] not in ACTIONS:
                 raise ConfigError(f"{where}.{key}: expected \"reject\" or \"clamp\", got {spec[key]!r}")
             kwargs[key] = spec[key]
-    try:
-        return InputValidator(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    problem = settings_problem(kwargs.get("bounds", InputValidator.bounds),
+                               kwargs.get("out_of_range", "reject"), kwargs.get("nonfinite", "reject"))
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return InputValidator(**kwargs)
+
+
+def settings_problem(bounds: tuple[float, float], out_of_range: str, nonfinite: str) -> str | None:
+    """What is wrong with a validator's settings, or None."""
+    for key, value in (("out_of_range", out_of_range), ("nonfinite", nonfinite)):
+        if value not in ACTIONS:
+            return f"{key} must be reject or clamp, got {value!r}"
+    lo, hi = bounds
+    if not lo < hi:
+        return f"bounds must be [lo, hi] with lo < hi, got {list(bounds)}"
+    return None

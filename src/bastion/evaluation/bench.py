@@ -9,9 +9,10 @@ from bastion.attacks.base import model_device
 from bastion.data import Dataset
 from bastion.errors import DataError
 from bastion.evaluation.report import build_report, write_report
-from bastion.evaluation.runner import BenchInputs, EventHook, data_digest, model_digest, run_suite
+from bastion.evaluation.inputs import BenchInputs
+from bastion.evaluation.runner import EventHook, run_suite
 from bastion.evaluation.suite import Suite
-from bastion.models.loading import LoadedModel
+from bastion.models.loaded import LoadedModel
 
 CHECKPOINT = "checkpoint.json"
 
@@ -35,8 +36,8 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
     out = Path(out_dir) if out_dir is not None else None
     state = run_suite(inputs, suite, seed=seed, checkpoint=out / CHECKPOINT if out else None, resume=resume,
                       batch_size=batch_size, on_event=on_event)
-    run = {"model": {"name": model.name, "source": model.source, "sha256": model_digest(module)},
-           "data": {"name": data.name, "n": len(data), "sha256": data_digest(data.x, data.y)},
+    run = {"model": {"name": model.name, "source": model.source, "sha256": inputs.model_sha256},
+           "data": {"name": data.name, "n": len(data), "sha256": inputs.data_sha256},
            "device": str(device), "command": command}
     report = build_report(state, suite, data.y, num_classes, run=run)
     if out is not None:

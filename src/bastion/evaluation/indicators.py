@@ -8,13 +8,13 @@ otherwise probe a few dozen samples, so they cost little next to the suite.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import torch
 
-from bastion.attacks import ATTACKS
-from bastion.attacks.base import lp_normalize
+from bastion.attacks.pgd import PGD
+from bastion.attacks.toolbox import ascent_step, margin, random_in_ball
+from bastion.evaluation.inputs import BenchInputs
+from bastion.evaluation.state import Indicator, RunState
+from bastion.evaluation.suite import Suite
 from bastion.threat import ThreatModel
 
 PROBE_SAMPLES = 32
@@ -32,24 +32,6 @@ TAIL_RISE = 0.05
 #: the flag goes up: AutoAttack's Square finds the odd extra sample on sound robust models (1 of
 #: 899 on the zoo's mnist-cnn-robust), while masked gradients leave it whole percents.
 BLACK_BOX_TOLERANCE = 0.005
-
-
-@dataclass
-class Indicator:
-    key: str
-    title: str
-    status: str  # "ok", "fired" or "skipped"
-    finding: str  # what was measured, in one sentence
-    meaning: str  # why it matters when it fires
-    advice: str  # what to do when it fires
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fired(self) -> bool:
-        return self.status == "fired"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 TEXT = {
@@ -96,19 +78,19 @@ TEXT = {
 }
 
 
-def run_indicators(inputs, suite, state: dict, *, seed: int = 0) -> list[Indicator]:
+def run_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: int = 0) -> list[Indicator]:
     """Every indicator, on the benchmark's model, samples and results."""
-    model, x, y = inputs.model, inputs.x, inputs.y
-    probe = torch.tensor(state["clean_correct"][:PROBE_SAMPLES], dtype=torch.long, device=x.device)
+    model = inputs.model
+    probe = inputs.positions(list(state.clean_correct[:PROBE_SAMPLES]))
     threat = ThreatModel(norm=suite.norm, eps=suite.epsilons[-1], bounds=inputs.bounds)
-    xp, yp = x[probe], y[probe]
+    xp, yp = inputs.x[probe], inputs.y[probe]
     return [
         check_gradients(model, xp, yp, threat, seed),
         check_stability(model, xp),
         check_loss_increase(model, xp, yp, threat),
         check_tail_rise(state),
         check_black_box(state, suite),
-        check_eps_monotonic(state, len(y)),
+        check_eps_monotonic(state),
         check_unbounded(model, xp, yp, threat, seed),
         check_unconfirmed(state),
     ]
@@ -120,9 +102,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Unlike cross-entropy it does not saturate on confident predictions, so a zero
     gradient here means the model itself gives none.
     """
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return others.amax(dim=1) - true
+    return -margin(logits, y)
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +118,7 @@ def check_gradients(model, x, y, threat: ThreatModel, seed: int) -> Indicator:
     if len(x) == 0:
         return _make("gradients", "skipped", "No correctly classified sample to probe.")
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noise = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * threat.single
+    noise = random_in_ball(x, threat.norm, threat.single, generator)
     points = {"clean": x, "random point in the eps ball": threat.project(x, x + noise)}
     zero, nan = {}, {}
     for where, xs in points.items():
@@ -183,7 +163,7 @@ def check_loss_increase(model, x, y, threat: ThreatModel) -> Indicator:
         start, grad = input_gradient(model, x, y)
         best, x_adv = start.clone(), x.clone()
         for _ in range(ASCENT_STEPS):
-            x_adv = threat.project(x, x_adv + step * lp_normalize(grad, threat.norm), eps)
+            x_adv = ascent_step(threat, x, x_adv, grad, step, eps)
             loss, grad = input_gradient(model, x_adv, y)
             best = torch.maximum(best, torch.nan_to_num(loss, nan=float("-inf")))
     except RuntimeError:
@@ -198,11 +178,11 @@ def check_loss_increase(model, x, y, threat: ThreatModel) -> Indicator:
                  f"{len(x)} probe samples.", details)
 
 
-def check_tail_rise(state: dict) -> Indicator:
+def check_tail_rise(state: RunState) -> Indicator:
     rising, checked = [], 0
-    for unit in state["units"]:
-        trace = unit["loss_trace"]
-        if unit["family"] != "white-box" or len(trace) < 10:
+    for unit in state.units:
+        trace = unit.loss_trace
+        if unit.family != "white-box" or len(trace) < 10:
             continue
         checked += 1
         # Mean of the last tenth of the steps against the tenth before, as a share of the
@@ -213,7 +193,7 @@ def check_tail_rise(state: dict) -> Indicator:
         gain = sum(trace[-k:]) / k - sum(trace[-2 * k:-k]) / k
         span = max(trace) - min(trace)
         if span > 0 and gain > TAIL_RISE * span:
-            rising.append({"attack": unit["attack"], "eps": unit["eps"], "steps": len(trace),
+            rising.append({"attack": unit.attack, "eps": unit.eps, "steps": len(trace),
                            "tail_gain_share": round(gain / span, 3)})
     if not checked:
         return _make("loss-still-rising", "skipped", "No white-box attack with a loss trace of 10+ steps ran.")
@@ -226,10 +206,8 @@ def check_tail_rise(state: dict) -> Indicator:
                  "step.", details)
 
 
-def check_black_box(state: dict, suite) -> Indicator:
-    # An instance may set its own family (the ART adapter does, per wrapped attack); prefer what ran.
-    ran = {u["attack"]: u["family"] for u in state["units"]}
-    families = [ran.get(a.label, ATTACKS[a.name].family) for a in suite.attacks]
+def check_black_box(state: RunState, suite: Suite) -> Indicator:
+    families = [a.family for a in suite.attacks]
     white = [i for i, f in enumerate(families) if f == "white-box"]
     late_black = {a.label for i, a in enumerate(suite.attacks)
                   if families[i] != "white-box" and white and i > max(white)}
@@ -237,12 +215,12 @@ def check_black_box(state: dict, suite) -> Indicator:
         why = "no white-box attack" if not white else "no black-box or transfer attack after the white-box ones"
         return _make("black-box-beats-white-box", "skipped", f"The suite has {why}, so this was not checked.")
     per_eps, attacked = {}, {}
-    for unit in state["units"]:
-        if unit["attack"] in late_black:
-            key = repr(unit["eps"])
-            attacked[key] = max(attacked.get(key, 0), unit.get("standing", 0))  # the first one saw them all
-            if unit["broken"]:
-                per_eps.setdefault(key, []).extend(unit["broken"])
+    for unit in state.units:
+        if unit.attack in late_black:
+            key = repr(unit.eps)
+            attacked[key] = max(attacked.get(key, 0), unit.standing)  # the first one saw them all
+            if unit.broken:
+                per_eps.setdefault(key, []).extend(unit.broken)
     count, total = sum(len(v) for v in per_eps.values()), sum(attacked.values())
     details = {"attacks": sorted(late_black), "broken_only_by_black_box": per_eps, "attacked": total,
                "tolerance": BLACK_BOX_TOLERANCE}
@@ -259,13 +237,11 @@ def check_black_box(state: dict, suite) -> Indicator:
                  "had missed.", details)
 
 
-def check_eps_monotonic(state: dict, n: int) -> Indicator:
-    from bastion.evaluation.runner import robust_mask
-
-    epsilons = sorted({u["eps"] for u in state["units"]})
+def check_eps_monotonic(state: RunState) -> Indicator:
+    epsilons = sorted({u.eps for u in state.units})
     if len(epsilons) < 2:
         return _make("accuracy-rises-with-eps", "skipped", "Single eps: run a sweep suite to check this.")
-    masks = [robust_mask(state, e, n) for e in epsilons]
+    masks = [state.robust_mask(e) for e in epsilons]
     accuracy = [float(m.float().mean()) for m in masks]
     rises = [(epsilons[i], epsilons[i + 1]) for i in range(len(masks) - 1) if accuracy[i + 1] > accuracy[i]]
     # A sample broken at a smaller eps but surviving a larger one: the larger-eps attack missed it.
@@ -280,14 +256,14 @@ def check_eps_monotonic(state: dict, n: int) -> Indicator:
 
 
 def check_unbounded(model, x, y, threat: ThreatModel, seed: int) -> Indicator:
-    if len(x) == 0 or "pgd" not in ATTACKS:
+    if len(x) == 0:
         return _make("unbounded-attack-fails", "skipped", "No correctly classified sample to probe.")
     lo, hi = threat.bounds
     span = hi - lo
     eps = span if threat.norm == "linf" else span * x[0].numel() ** 0.5
     big = ThreatModel(norm=threat.norm, eps=eps, bounds=threat.bounds)
     # No random start: from a random point in so large a ball the model may be wrong by chance.
-    attack = ATTACKS["pgd"](big, steps=UNBOUNDED_STEPS, random_start=False, seed=seed)
+    attack = PGD(big, steps=UNBOUNDED_STEPS, random_start=False, seed=seed)
     try:
         (result,) = attack.run(model, x, y)
     except RuntimeError:
@@ -300,8 +276,8 @@ def check_unbounded(model, x, y, threat: ThreatModel, seed: int) -> Indicator:
                  f"input range) fooled {success:.0%} of {len(x)} probe samples.", details)
 
 
-def check_unconfirmed(state: dict) -> Indicator:
-    bad = {u["key"]: u["unconfirmed"] for u in state["units"] if u["unconfirmed"]}
+def check_unconfirmed(state: RunState) -> Indicator:
+    bad = {u.key: u.unconfirmed for u in state.units if u.unconfirmed}
     if bad:
         return _make("unconfirmed-claims", "fired", f"{sum(bad.values())} claimed adversarial(s) failed the "
                      "re-check and were not counted.", {"per_attack": bad})

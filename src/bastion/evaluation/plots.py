@@ -1,24 +1,26 @@
-"""PNG plots of a benchmark report: robust accuracy vs eps, per-class bars, white-box loss traces."""
+"""PNG plots of a benchmark report: robust accuracy vs eps, per-class bars, white-box loss traces.
+
+matplotlib is imported only when plots are drawn: it is heavy, and the report's Markdown
+needs only the file names (:data:`PLOTS`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from bastion.fsutil import atomic_path
 
-matplotlib.use("Agg")  # files only; never open a window (and work without a display)
-import matplotlib.pyplot as plt  # noqa: E402
-
-from bastion.fsutil import atomic_path  # noqa: E402
+#: plot -> its file name in the report directory
+PLOTS = {"accuracy_vs_eps": "robust_accuracy_vs_eps.png", "per_class": "per_class.png",
+         "loss_traces": "loss_traces.png"}
 
 
 def write_plots(report: dict, out_dir: Path) -> dict[str, Path]:
-    from bastion.evaluation.report import PLOTS
-
+    plt = _pyplot()
     painters = {"accuracy_vs_eps": _accuracy_vs_eps, "per_class": _per_class, "loss_traces": _loss_traces}
     paths = {}
     for key, painter in painters.items():
-        fig = painter(report)
+        fig = painter(plt, report)
         try:
             paths[key] = out_dir / PLOTS[key]
             with atomic_path(paths[key]) as tmp:
@@ -28,12 +30,21 @@ def write_plots(report: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def _pyplot():
+    import matplotlib  # heavy optional dependency: only when plots are drawn
+
+    matplotlib.use("Agg")  # files only; never open a window (and work without a display)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _title(report: dict, what: str) -> str:
     s = report["summary"]
     return f"{what}\n{s['model']}, suite {s['suite']}, {s['n']} samples"
 
 
-def _accuracy_vs_eps(report: dict):
+def _accuracy_vs_eps(plt, report: dict):
     results = report["results"]
     eps = [0.0] + [r["eps"] for r in results]
     robust = [report["summary"]["clean_accuracy"]] + [r["robust_accuracy"] for r in results]
@@ -51,7 +62,7 @@ def _accuracy_vs_eps(report: dict):
     return fig
 
 
-def _per_class(report: dict):
+def _per_class(plt, report: dict):
     result = report["results"][-1]
     classes = [str(c["class"]) for c in result["per_class"]]
     positions = range(len(classes))
@@ -71,7 +82,7 @@ def _per_class(report: dict):
     return fig
 
 
-def _loss_traces(report: dict):
+def _loss_traces(plt, report: dict):
     """One panel per white-box attack: their objectives (CE, DLR, ...) live on different scales."""
     result = report["results"][-1]
     traced = [a for a in result["attacks"] if a["family"] == "white-box" and len(a["loss_trace"]) > 1]

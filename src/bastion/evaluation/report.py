@@ -11,57 +11,54 @@ from typing import Any
 
 import torch
 
-from bastion.evaluation.runner import robust_mask
+from bastion.evaluation.plots import PLOTS, write_plots
+from bastion.evaluation.state import RunState
 from bastion.evaluation.suite import Suite
 from bastion.fsutil import atomic_write_text
 
 SCHEMA = "bastion.bench.report/1"
-PLOTS = {"accuracy_vs_eps": "robust_accuracy_vs_eps.png", "per_class": "per_class.png",
-         "loss_traces": "loss_traces.png"}
 
 
-def build_report(state: dict, suite: Suite, y: torch.Tensor, num_classes: int, *, run: dict[str, Any]) -> dict:
+def build_report(state: RunState, suite: Suite, y: torch.Tensor, num_classes: int, *, run: dict[str, Any]) -> dict:
     """Everything a reader or a policy needs; ``run`` holds model, data, seed, device and the command."""
     n = len(y)
     y = y.cpu()
     clean = torch.zeros(n, dtype=torch.bool)
-    clean[state["clean_correct"]] = True
+    clean[torch.tensor(state.clean_correct, dtype=torch.long)] = True
     results, carried_broken = [], torch.zeros(n, dtype=torch.bool)
     for eps in suite.epsilons:
-        raw = robust_mask(state, eps, n)
+        raw = state.robust_mask(eps, n)
         # Eps balls are nested: an adversarial found at a smaller eps also counts at this one.
         robust = raw & ~carried_broken
         carried_broken |= clean & ~raw
         results.append(_eps_result(state, eps, raw, robust, clean, y, num_classes))
     headline = results[-1]
-    units = state["units"]
+    indicators = [i.to_dict() for i in state.indicators or ()]
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": {"model": run["model"]["name"], "suite": suite.name, "norm": suite.norm,
                     "eps": headline["eps"], "n": n, "clean_accuracy": _share(clean),
                     "robust_accuracy": headline["robust_accuracy"],
-                    "indicators_fired": [i["key"] for i in state["indicators"] or [] if i["status"] == "fired"]},
-        "model": run["model"], "data": run["data"], "seed": state["fingerprint"]["seed"],
+                    "indicators_fired": [i["key"] for i in indicators if i["status"] == "fired"]},
+        "model": run["model"], "data": run["data"], "seed": state.fingerprint.seed,
         "device": run.get("device", "cpu"), "command": run.get("command", ""),
         "suite": suite.to_dict(),
-        "clean_correct_indices": list(state["clean_correct"]),
+        "clean_correct_indices": list(state.clean_correct),
         "results": results,
-        "indicators": state["indicators"] or [],
-        "timing": {"attacks_seconds": sum(u["seconds"] for u in units),
-                   "indicators_seconds": state.get("indicator_seconds", 0.0)},
+        "indicators": indicators,
+        "timing": {"attacks_seconds": sum(u.seconds for u in state.units),
+                   "indicators_seconds": state.indicator_seconds},
         "versions": package_versions(),
     }
 
 
-def _eps_result(state, eps, raw, robust, clean, y, num_classes) -> dict:
-    attacks = []
-    for unit in (u for u in state["units"] if u["eps"] == eps):
-        attacks.append({"attack": unit["attack"], "name": unit["name"], "family": unit["family"],
-                        "params": unit["params"], "attacked": unit["standing"], "broken_first": len(unit["broken"]),
-                        "broken_indices": unit["broken"], "unconfirmed": unit["unconfirmed"],
-                        "seconds": unit["seconds"], "queries": unit["queries"], "loss_trace": unit["loss_trace"],
-                        "error": unit.get("error")})
+def _eps_result(state: RunState, eps, raw, robust, clean, y, num_classes) -> dict:
+    attacks = [{"attack": unit.attack, "name": unit.name, "family": unit.family, "params": unit.params,
+                "attacked": unit.standing, "broken_first": len(unit.broken), "broken_indices": list(unit.broken),
+                "unconfirmed": unit.unconfirmed, "seconds": unit.seconds, "queries": unit.queries,
+                "loss_trace": list(unit.loss_trace), "error": unit.error}
+               for unit in state.units_at(eps)]
     per_class = []
     for c in range(num_classes):
         members = y == c
@@ -173,8 +170,6 @@ def _eps_section(result: dict, n: int, many: bool, per_class: bool) -> list[str]
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     """report.json, report.md and the PNG plots, each written atomically; returns their paths."""
-    from bastion.evaluation.plots import write_plots
-
     out = Path(out_dir)
     paths = write_plots(report, out)
     paths["markdown"] = out / "report.md"

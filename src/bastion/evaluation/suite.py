@@ -42,10 +42,7 @@ class AttackSpec:
     name: str
     params: dict[str, Any]
     label: str  # unique within the suite: the name, or name#k when a name repeats
-
-    @property
-    def family(self) -> str:
-        return ATTACKS[self.name].family
+    family: str  # the family of the attack these parameters make (the ART adapter's depends on them)
 
 
 @dataclass(frozen=True)
@@ -157,30 +154,21 @@ def _check_entry(entry: dict, index: int, names: list, threat: ThreatModel, wher
         if not _plain_value(value):
             raise where.error(key, f"attack {name!r}: {key} must be a number, string, boolean or a list of them",
                               table=index)
+    cls = ATTACKS[name]
+    problem = cls.schema().find_problem(params)
+    if problem and problem.unknown:
+        raise where.error(problem.key, problem.after(f"attack {name!r}"), table=index)
+    if problem:
+        raise where.error(problem.key, f"attack {name!r}: bad parameter value: {problem.message}", table=index)
+    if threat.norm not in cls.norms:
+        raise where.error("name", f"attack {name!r} does not support the {threat.norm} norm "
+                          f"(supports {', '.join(cls.norms)})", table=index)
     try:
-        ATTACKS[name](threat, **params)
-    except TypeError as exc:
-        match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if match:
-            raise where.error(match.group(1), f"attack {name!r} has no parameter {match.group(1)!r}",
-                              table=index) from None
-        raise where.error(_blamed_key(str(exc), params), f"attack {name!r}: bad parameter value ({exc})",
-                          table=index) from None
-    except ValueError as exc:
-        raise where.error(_blamed_key(str(exc), params), f"attack {name!r}: bad parameter value ({exc})",
-                          table=index) from None
-    except AttackError as exc:
-        raise where.error(_blamed_key(str(exc), params), f"attack {name!r}: {exc}", table=index) from None
+        attack = cls(threat, **params)
+    except AttackError as exc:  # a check beyond the declared parameters
+        raise where.error("name", f"attack {name!r}: {exc}", table=index) from None
     label = name if names.count(name) == 1 else f"{name}#{names[:index + 1].count(name)}"
-    return AttackSpec(name=name, params=params, label=label)
-
-
-def _blamed_key(message: str, params: dict[str, Any]) -> str:
-    """The parameter an attack's error message is about: named in it, or its value quoted in it."""
-    for key, value in params.items():
-        if re.search(rf"\b{re.escape(key)}\b", message) or (isinstance(value, str) and value and value in message):
-            return key
-    return "name"
+    return AttackSpec(name=name, params=params, label=label, family=attack.family)
 
 
 def _plain_value(value: Any) -> bool:

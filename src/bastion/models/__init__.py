@@ -1,11 +1,34 @@
-"""Loading and saving models: the bundled zoo, bundles, .pt2 programs, factories + safetensors."""
+"""Models: loading and saving them without unpickling, the bundle format, the bundled zoo.
 
-from bastion.models.architectures import ARCHITECTURES
-from bastion.models.bundle import BundleMeta, load_bundle, save_bundle
-from bastion.models.loading import LoadedModel, as_module, load_model
-from bastion.models.zoo import ZOO, zoo_entries
+Owns: the model bundle (``bastion.toml`` + weights, :mod:`~bastion.models.bundle`), the
+formats a module is built from (:mod:`~bastion.models.formats`), what a loaded model is
+(:mod:`~bastion.models.loaded`), resolving a model reference (:func:`load_model`), the
+registered architectures and the zoo. Imports only the bottom layer (``errors``,
+``threat``, ``data``, ``fsutil``, ``tomlfile``, ``catalog``): a bundle whose metadata
+needs a higher layer (a sanitiser) is wrapped through the hook in
+:mod:`~bastion.models.wrappers`, never by importing that layer.
 
-__all__ = [
-    "ARCHITECTURES", "BundleMeta", "LoadedModel", "ZOO", "as_module", "load_bundle", "load_model",
-    "save_bundle", "zoo_entries",
-]
+The names below load on first use, so importing :mod:`bastion.models.wrappers` (which the
+composition root does at start-up) costs no torch import.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ARCHITECTURES": "bastion.models.architectures",
+    "BundleMeta": "bastion.models.bundle", "load_bundle": "bastion.models.bundle", "save_bundle": "bastion.models.bundle",
+    "LoadedModel": "bastion.models.loaded", "as_module": "bastion.models.loaded", "unwrap": "bastion.models.loaded",
+    "load_model": "bastion.models.loading",
+    "ZOO": "bastion.models.zoo", "zoo_entries": "bastion.models.zoo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bastion.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from safetensors.torch import save_file
 from torch import nn
 
 from bastion.errors import ModelError
 from bastion.fsutil import atomic_path, atomic_write_text
+from bastion.models.formats import build_architecture, load_program, load_safetensors_into
+from bastion.models.loaded import LoadedModel
+from bastion.models.wrappers import bundle_wrapper
 from bastion.tomlfile import read_toml
 
 META_FILE = "bastion.toml"
@@ -38,8 +42,9 @@ class BundleMeta:
     classes: list[str] = field(default_factory=list)
     format: str = "safetensors"
     training: dict[str, Any] = field(default_factory=dict)
-    #: A sanitize recipe (see bastion.defenses.sanitizer); when set, loading wraps the
-    #: model in a SanitizedModel, so attacks and benches evaluate model + sanitiser.
+    #: A sanitize recipe (see bastion.defenses.sanitizer); when set, loading wraps the model in
+    #: the sanitiser (through the hook in bastion.models.wrappers), so attacks and benches
+    #: evaluate model + sanitiser.
     sanitizer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -49,8 +54,6 @@ class BundleMeta:
 
 def save_bundle(module: nn.Module, out_dir: str | Path, meta: BundleMeta) -> Path:
     """Write ``module``'s weights and ``meta`` into ``out_dir`` (each file atomically)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -86,10 +89,12 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
     return meta
 
 
-def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False):
-    """Load a bundle as a :class:`~bastion.models.loading.LoadedModel`."""
-    from bastion.models.loading import LoadedModel, build_architecture, load_program, load_safetensors_into
+#: BundleMeta fields that make the model something else; a higher layer registers their wrappers.
+WRAPPED_SECTIONS = ("sanitizer",)
 
+
+def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False) -> LoadedModel:
+    """Load a bundle as a :class:`~bastion.models.loaded.LoadedModel`."""
     bundle = Path(bundle_dir)
     meta = read_meta(bundle)
     if meta.format == "pt2":
@@ -97,10 +102,14 @@ def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False):
     else:
         module = build_architecture(meta.architecture, meta.num_classes, trust_code=trust_code)
         load_safetensors_into(module, bundle / WEIGHTS_FILE)
-    if meta.sanitizer:
-        from bastion.defenses.sanitizer import SanitizedModel, sanitizer_from_dict
-
-        module = SanitizedModel(module, sanitizer_from_dict(meta.sanitizer, f"{bundle / META_FILE}: sanitizer"))
+    for section in WRAPPED_SECTIONS:
+        value = getattr(meta, section)
+        if value:
+            wrap = bundle_wrapper(section)
+            if wrap is None:
+                raise ModelError(f"{bundle / META_FILE}: [{section}] needs a wrapper that nothing registered "
+                                 "(see bastion.models.wrappers); refusing to load the model without it")
+            module = wrap(module, value, f"{bundle / META_FILE}: {section}")
     return LoadedModel(module=module, name=meta.name, input_shape=tuple(meta.input_shape),
                        num_classes=meta.num_classes, bounds=tuple(meta.bounds), source=str(bundle), meta=meta)
 

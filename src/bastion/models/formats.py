@@ -1,0 +1,90 @@
+"""Building a model from what bastion reads without unpickling: an architecture name (or, only when
+trusted, a ``package.module:factory``), safetensors weights or a ``weights_only`` state dict, and
+``torch.export`` programs."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from bastion.errors import ModelError
+from bastion.models.architectures import ARCHITECTURES
+
+#: Suffixes of pickle-based files: never loaded as whole models.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+
+
+def build_architecture(ref: str, num_classes: int | None, *, trust_code: bool) -> nn.Module:
+    """Build a registered architecture, or (only with ``trust_code``) call ``package.module:factory``."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if ref in ARCHITECTURES:
+        return ARCHITECTURES[ref](**kwargs)
+    if ":" not in ref:
+        raise ModelError(f"unknown architecture {ref!r}: use one of {', '.join(ARCHITECTURES)}")
+    if not trust_code:
+        raise ModelError(f"architecture {ref!r} would import code; pass trust_code=True "
+                         "(CLI: --trust-code) if you trust its source")
+    module_name, _, attr = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelError(f"cannot import {ref!r}: {exc}") from None
+    try:
+        model = factory()
+    except Exception as exc:  # user code: report, do not crash
+        raise ModelError(f"{ref}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{ref}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights_into(module: nn.Module, path: Path) -> None:
+    """Load a state dict from .safetensors, or from a pickle checkpoint with ``weights_only=True`` only."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        load_safetensors_into(module, path)
+        return
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ModelError(f"{path}: weights must be .safetensors (or a .pt/.pth state dict)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch refuses unsafe globals with several exception types
+        raise ModelError(f"{path}: refused by torch.load(weights_only=True) ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: expected a state dict of tensors")
+    _load_state(module, state, path)
+
+
+def load_safetensors_into(module: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such weights file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    _load_state(module, state, path)
+
+
+def _load_state(module: nn.Module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ModelError(f"{path}: weights do not fit the architecture ({detail})") from None
+
+
+def load_program(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many types for a corrupt archive
+        raise ModelError(f"{path}: not a valid torch.export program ({type(exc).__name__}: {exc})") from None
+    return program.module()
