@@ -147,6 +147,29 @@ def test_zips_inside_zips_up_to_the_depth_limit():
     assert result.status == UNSCANNABLE and "nested more than 4 levels" in result.error
 
 
+def test_a_zip_whose_readers_disagree_on_its_directory_is_unscannable():
+    # Member E at offset 0, member B after it; the end record points at a directory listing E
+    # (what torch's reader, which takes offsets as recorded, reads), while zipfile, which looks
+    # for the directory right before the end record and shifts offsets to match, sees only B.
+    def parts(blob):
+        end = blob.rfind(b"PK\x05\x06")
+        size, offset = struct.unpack("<II", blob[end + 12:end + 20])
+        return blob[:offset], blob[offset:offset + size]
+
+    evil_local, evil_directory = parts(_zip({"data.pkl": EVIL}))
+    good_local, good_directory = parts(_zip({"data.pkl": pickle.dumps(None)}))
+    good_directory = bytearray(good_directory)
+    good_directory[42:46] = struct.pack("<I", len(evil_local) - len(evil_directory))
+    recorded = len(evil_local) + len(good_local)
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(good_directory), recorded, 0)
+    blob = evil_local + good_local + evil_directory + bytes(good_directory) + end
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        assert [archive.read(i) for i in archive.infolist()] == [pickle.dumps(None)]  # zipfile's view
+    assert blob[recorded:recorded + 4] == b"PK\x01\x02"  # the directory the end record names
+    result = scan_bytes(blob, "model.pt")
+    assert not result.clean and "disagree" in result.error
+
+
 def test_tar_and_gzip_inside_a_zip():
     blob = _zip({"inner.tar": _tar({"x": gzip.compress(EVIL)})})
     assert [f.member for f in scan_bytes(blob, "a.zip").findings] == ["inner.tar!x![gzip]"]

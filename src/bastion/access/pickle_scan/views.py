@@ -54,6 +54,13 @@ def zip_view(scanner: StreamScanner, stream: Stream, head: bytes) -> bool:
     except Exception as exc:  # zipfile raises many types on a damaged directory
         scanner.unscannable(stream, f"corrupt zip archive ({exc})")
         return True
+    if looks_like_zip and _directory_shift(stream.fh, archive):
+        # zipfile finds the directory where it lies and shifts every offset to match (for data
+        # glued in front); torch's reader uses the offsets as recorded. With a local header at
+        # offset 0 nothing was glued in front, so the two read different directories: members
+        # torch.load would load may be invisible to zipfile.
+        scanner.unscannable(stream, "zip archive whose central directory is not where its end record says: "
+                                    "zip readers disagree on its members")
     with archive:
         for info in archive.infolist():
             if not scanner.count_member(stream):
@@ -82,6 +89,16 @@ def _zip_member(scanner: StreamScanner, stream: Stream, archive: zipfile.ZipFile
         scanner.unscannable(placeholder, scanner.expansion_limit_reason())
         return None
     return scanner.expand(placeholder, lambda _fh: archive.open(info), name=info.filename, label=None)
+
+
+def _directory_shift(fh: IO[bytes], archive: zipfile.ZipFile) -> int:
+    """How far zipfile moved the central directory from the offset the end record gives."""
+    try:
+        fh.seek(0)
+        end_record = zipfile._EndRecData(fh)  # zipfile's own reading of the end record, which it just used
+        return archive.start_dir - end_record[zipfile._ECD_OFFSET]
+    except Exception:  # a private helper: if it ever changes, say the directory cannot be placed
+        return 1
 
 
 def _zip_data_offset(fh: IO[bytes], header_offset: int) -> int | None:
