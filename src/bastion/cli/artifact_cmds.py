@@ -247,6 +247,8 @@ def scan(paths, max_expanded_gib, as_json):
                 click.echo(printable(f"{r.file}: clean ({detail})"))
         if not results:
             click.echo("no files found", err=True)
+        elif not any(r.pickles or r.findings or r.unscannable for r in results):
+            click.echo("no pickle-based files found (every file was examined)", err=True)
         dangerous = sum(1 for r in results if r.findings)
         click.echo(f"{len(results)} file(s) scanned: {sum(r.clean for r in results)} clean, {findings} "
                    f"finding(s) in {dangerous}, {len(unscannable)} not fully scannable")

@@ -2,8 +2,8 @@
 
 Unpickling imports and calls whatever globals a pickle names, with arguments it builds. The
 scanner finds every pickle stream that any loader could reach, reaches it the way that loader
-would, walks its opcodes as the unpickler reads them, and checks each global it would import
-against an *allowlist* of what a plain tensor checkpoint needs (``pickle_allowlist``).
+would, walks its opcodes as the unpickler reads them (``opcodes``), and checks each global it
+would import against an *allowlist* of what a plain tensor checkpoint needs (``allowlist``).
 
 The rule
 --------
@@ -14,23 +14,31 @@ The rule
   file (a FIFO, a socket, a device). A path named on the command line is followed wherever it
   points. A file's name never makes the scanner skip it or call it clean; it only makes a file
   that turns out to be none of the formats below unscannable when its name claims one of them.
-- **Every view of every stream** (``pickle_streams``): the pickles in a row from offset 0 (what
-  ``pickle.load`` and, for a file that is not a zip, ``torch.load`` read), a zip archive found
-  where zip readers find it (its end-of-central-directory record, so a pickle glued in front of
-  a torch zip is seen both ways), a tar archive (which ``torch.load`` tries first), an ``.npy``
-  object-array payload (which ``np.load(allow_pickle=True)`` unpickles), a compressed stream
-  (which ``joblib.load`` and ``pandas.read_pickle`` decompress), and safetensors, validated.
-  Archive members are taken by their directory entries, whatever their names; containers inside
-  containers are opened up to :class:`ScanLimits` ``max_depth`` levels.
+- **Every view of every stream** (``streams``, ``views``): the pickles in a row from offset 0
+  (what ``pickle.load`` and, for a file that is not a zip, ``torch.load`` read), a zip archive
+  found where zip readers find it (its end-of-central-directory record, so a pickle glued in
+  front of a torch zip is seen both ways), a tar archive (which ``torch.load`` tries first), an
+  ``.npy`` object-array payload (which ``np.load(allow_pickle=True)`` unpickles), a compressed
+  stream (which ``joblib.load`` and ``pandas.read_pickle`` decompress), and safetensors,
+  validated. Archive members are taken by their directory entries, whatever their names;
+  containers inside containers are opened up to :class:`ScanLimits` ``max_depth`` levels.
 - **Every pickle in a sequence.** After a complete pickle, the bytes that follow are read as the
   next pickle, as a loader calling ``pickle.load`` again would. They are data, not a pickle, only
   where they do not begin like one: a run that names a global or declares a protocol and then
-  breaks off is unscannable, except after the five pickles of torch's legacy format, where raw
-  storage bytes follow by design (any complete pickle among them is still scanned).
+  breaks off is unscannable. torch's legacy formats are followed as torch reads them past their
+  raw storage bytes (``torch_legacy``), and those bytes are also read on as pickles.
 - **Every global on the way.** A global named before a pickle breaks off is imported all the
   same, so it is checked too; in a stream no loader is known to expect to be a pickle (an
   archive member not named ``*.pkl``), that is the only consequence of breaking off: its bytes
   are data, the way raw tensor storage in a torch zip is.
+- **Where readers disagree, no verdict.** A zip whose central directory is not where its end
+  record says (zipfile and torch's reader then list different members), or a pickle argument
+  running past the end of its FRAME (pickle.py and _pickle.c then read different opcodes), is
+  unscannable.
+
+The scanner assumes the loading process imports from installed packages and the standard
+library: a module whose top-level name is not a Python identifier (``mport torch``, what
+``pickle.load`` makes of a Python source file) is taken to be one no import can find.
 
 Outcome: **clean** (exit 0) only when every reachable stream was examined completely and every
 global it names is allowed; **dangerous** (exit 1) when any stream would import a global outside
