@@ -153,6 +153,16 @@ def test_a_second_pickle_in_the_same_file_is_scanned_too(tmp_path):
 
 def test_trailing_bytes_that_are_not_a_pickle_raise_no_alarm(tmp_path):
     path = tmp_path / "tail.pkl"
-    path.write_bytes(pickle.dumps([1, 2], protocol=2) + b"cos\nsystem\n\xff\xff garbage, never unpickled")
+    path.write_bytes(pickle.dumps([1, 2], protocol=2) + b"\xff\xff garbage, never unpickled")
     result = scan_file(path)
     assert result.findings == [] and result.error is None and result.pickles == 1
+
+
+def test_trailing_bytes_that_name_a_global_are_a_finding(tmp_path):
+    # This tail once counted as "not a pickle", but a second pickle.load on the file imports
+    # os.system before it reaches the bad byte: a global on the way is a global imported.
+    path = tmp_path / "tail.pkl"
+    path.write_bytes(pickle.dumps([1, 2], protocol=2) + b"cos\nsystem\n\xff\xff garbage, never unpickled")
+    result = scan_file(path)
+    assert [f.global_name for f in result.findings] == ["os.system"] and result.pickles == 1
+    assert "truncated or malformed" in result.error

@@ -173,31 +173,55 @@ def attest(path, report, key_path, out, hash_type, workers, as_json):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--max-expanded-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Most data to decompress per file (compressed archive members and streams); beyond it "
+                   "the file is unscannable, as a compression bomb is.")
 @json_option
-def scan(paths, as_json):
-    """Scan pickle-based files (.pt .pth .bin .pkl .ckpt, raw or torch zip) for code they would run.
+def scan(paths, max_expanded_gib, as_json):
+    """Scan files for pickles that would run code when loaded; nothing is loaded or run.
 
-    Exit status: 0 clean, 1 something dangerous found, 2 a file could not be read.
+    Every file under a directory is examined, whatever its name or suffix, and every pickle a
+    loader could reach in it, the way that loader reaches it: pickles in a row from the start
+    (pickle.load; torch.load on a legacy file), zip archives as zip readers find them (so a
+    pickle glued in front of a torch zip is seen both ways), members of any name, zips and tars
+    inside them, compressed streams, object arrays in .npy/.npz data; files that claim to be
+    safetensors are checked to be. Each global a pickle would import is checked against an
+    allowlist of what a tensor checkpoint needs (torch tensor rebuilding, numpy arrays).
+    A symlink is followed only into the scanned tree.
+
+    Exit status: 0 every reachable stream was scanned and names only allowed globals; 1 a
+    global outside the allowlist was found; 2 something could not be scanned (encrypted,
+    corrupt, truncated, a symlink out of the tree, a size or nesting limit) and nothing
+    dangerous was found.
+
+    Example: bastion scan checkpoints/
     """
-    from bastion.access.pickle_scan import scan_path
+    from bastion.access.pickle_scan import ScanLimits, printable, scan_path
 
-    results = [r for p in paths for r in scan_path(p)]
-    findings = [f for r in results for f in r.findings]
-    errors = [r for r in results if r.error]
+    limits = ScanLimits(max_expanded_bytes=int(max_expanded_gib * (1 << 30)))
+    results = [r for p in paths for r in scan_path(p, limits)]
+    findings = sum(len(r.findings) for r in results)
+    unscannable = [r for r in results if r.unscannable]
     if as_json:
-        emit_json({"files": [r.to_dict() for r in results], "findings": len(findings), "errors": len(errors)})
+        emit_json({"files": [r.to_dict() for r in results], "findings": findings,
+                   "unscannable": sum(len(r.unscannable) for r in results), "errors": len(unscannable)})
     else:
         for r in results:
-            if r.error:
-                click.echo(f"{r.file}: cannot scan: {r.error}", err=True)
             for f in r.findings:
-                click.echo(f"{f.location}: {f.global_name} ({f.opcode}): {f.reason}")
-            if not r.findings and not r.error:
-                click.echo(f"{r.file}: clean" + (f" ({r.note})" if r.note else f" ({r.pickles} pickle(s))"))
+                click.echo(printable(f"{f.location}: {f.global_name} ({f.opcode}): {f.reason}"))
+            for u in r.unscannable:
+                click.echo(printable(f"{u.location}: unscannable: {u.reason}"), err=True)
+            if r.clean:
+                detail = f"{r.pickles} pickle(s)" if r.pickles else (r.note or "nothing to scan")
+                click.echo(printable(f"{r.file}: clean ({detail})"))
         if not results:
-            click.echo("no pickle-based files found", err=True)
-        click.echo(f"{len(results)} file(s) scanned, {len(findings)} finding(s), {len(errors)} unreadable")
-    if errors:
-        raise click.exceptions.Exit(2)
+            click.echo("no files found", err=True)
+        elif not any(r.pickles or r.findings or r.unscannable for r in results):
+            click.echo("no pickle-based files found (every file was examined)", err=True)
+        dangerous = sum(1 for r in results if r.findings)
+        click.echo(f"{len(results)} file(s) scanned: {sum(r.clean for r in results)} clean, {findings} "
+                   f"finding(s) in {dangerous}, {len(unscannable)} not fully scannable")
     if findings:
         raise click.exceptions.Exit(1)
+    if unscannable:
+        raise click.exceptions.Exit(2)
