@@ -64,7 +64,8 @@ class Floors:
 
 ZOO_FLOORS = Floors(robust=0.92, clean=0.985, train_seconds=900)
 FAST_FLOORS = Floors(robust=0.88, train_seconds=240)
-FLOORS = {"trades-awp": ZOO_FLOORS, "trades": ZOO_FLOORS, "fast-ema": FAST_FLOORS, "fast": FAST_FLOORS}
+FLOORS = {"trades-awp": ZOO_FLOORS, "trades": ZOO_FLOORS, "mnist-cnn-robust": ZOO_FLOORS,  # --eval-only of the zoo
+          "fast-ema": FAST_FLOORS, "fast": FAST_FLOORS}
 
 
 # ---- evaluation ----------------------------------------------------------------------
