@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +13,7 @@ from safetensors.torch import load_file
 from bastion.cli import main
 from bastion.data import load_data
 from bastion.models import load_model
-from training_helpers import digits_raw
+from training_helpers import digits_raw, kill_9_after_checkpoint
 
 
 @pytest.fixture()
@@ -90,6 +85,7 @@ def test_train_gaussian_recipe_from_the_cli_then_certify(tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["--recipe", "no-such-recipe"], "no defenses file named"),
     (["--recipe", "BAD"], "unknown key 'optimizer.speed'"),
+    (["--recipe", "BADAWP"], "key 'awp.gamma' must be in [0, 1) (0 = off), got -0.1"),
     (["--recipe", "GOOD", "--epochs", "0"], "--epochs must be >= 1"),
     (["--recipe", "GOOD", "--model", "nonexistent-model"], "unknown model"),
     (["--recipe", "GOOD", "--data", "missing.npz"], "no such file"),
@@ -97,8 +93,11 @@ def test_train_gaussian_recipe_from_the_cli_then_certify(tmp_path):
 def test_bad_input_is_one_line_error(tmp_path, args, expected):
     bad = tmp_path / "bad.toml"
     bad.write_text("[recipe]\nmethod = 'clean'\n[optimizer]\nspeed = 3\n")
+    bad_awp = tmp_path / "bad-awp.toml"
+    bad_awp.write_text("[recipe]\nmethod = 'trades'\n[awp]\ngamma = -0.1\n")
     good = write_recipe(tmp_path / "good.toml")
-    args = [str(bad) if a == "BAD" else str(good) if a == "GOOD" else a for a in args]
+    named = {"BAD": str(bad), "BADAWP": str(bad_awp), "GOOD": str(good)}
+    args = [named.get(a, a) for a in args]
     result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -114,20 +113,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, digits_npz):
 
     out = tmp_path / "killed"
     checkpoint = tmp_path / "killed.ckpt" / "last.pt"
-    # Same thread count as this process (conftest: 1): float sums depend on how work is split.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", *common,
-                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, "training finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_9_after_checkpoint(["-c", "from bastion.cli import main; main()", *common, "--out", str(out)], checkpoint)
     assert checkpoint.exists() and not (out / "model.safetensors").exists()
 
     resumed = CliRunner().invoke(main, [*common, "--out", str(out), "--resume", "--json"])

@@ -7,8 +7,8 @@ import torch
 
 from bastion.defenses.training import train
 from bastion.defenses.training.checkpoint import TrainingState, checkpoint_path, load_checkpoint
-from bastion.defenses.training.trainer import (TrainingMonitor, _apply_guard, learning_rate, make_optimizer,
-                                                random_shift, training_eps)
+from bastion.defenses.training.trainer import (TrainingMonitor, _apply_guard, _metrics, learning_rate,
+                                                make_optimizer, random_shift, training_eps)
 from bastion.errors import UsageError
 from bastion.models.architectures import digits_cnn
 from training_helpers import digits_recipe, digits_train, robust_accuracy, weights_equal
@@ -110,7 +110,7 @@ def test_guard_restores_best_weights_and_stops_on_collapse():
 
     record = {"holdout_robust": 0.45}  # 25 points under the best: a collapse
     _apply_guard(recipe, model, state, record, Recorder())
-    assert state.finished and record["restored_epoch"] == 2
+    assert state.finished and record["restored_epoch"] == 2 and state.restored_epoch == 2
     assert all(torch.equal(model.state_dict()[k], good[k]) for k in good)
     assert "catastrophic overfitting" in messages[0] and "restored the epoch 2 weights" in messages[0]
 
@@ -120,6 +120,19 @@ def test_guard_restores_best_weights_and_stops_on_collapse():
     assert not state.finished and state.best_epoch == 2
     _apply_guard(recipe, model, state, {"holdout_robust": 0.75}, Recorder())
     assert state.best_epoch == 3 and state.best_robust == 0.75
+
+
+def test_metrics_name_the_restored_epoch_only_after_a_restore():
+    recipe = digits_recipe("fgsm-rs", guard={"collapse_drop": 0.2, "keep": "last"})
+    model = digits_cnn()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    history = [{"epoch": e, "holdout_robust": r} for e, r in [(1, 0.5), (2, 0.7), (3, 0.6)]]
+    # A message that is not a restore leaves the last epoch's weights in the bundle.
+    state = TrainingState(recipe_digest="x", seed=0, epoch=3, best_epoch=2, best_robust=0.7, best_weights=weights,
+                          history=history, events=["a note that is not a restore"])
+    assert _metrics(recipe, state)["weights_from_epoch"] == 3
+    state.restored_epoch = 2
+    assert _metrics(recipe, state)["weights_from_epoch"] == 2
 
 
 def test_schedules_and_augmentation():

@@ -11,7 +11,8 @@ from bastion.defenses.training import METHODS, load_recipe
 from bastion.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["clean", "pgd-at", "trades", "mart", "fgsm-rs", "fast", "gaussian-0.25", "gaussian-0.5"]
+SHIPPED = ["clean", "pgd-at", "trades", "mart", "fgsm-rs", "fast", "gaussian-0.25", "gaussian-0.5", "trades-awp",
+           "fast-ema"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -27,6 +28,17 @@ def test_shipped_recipes_load_by_name(name):
 def test_fast_recipes_guard_against_collapse(name):
     recipe = load_recipe(REPO / "defenses" / f"{name}.toml")
     assert recipe.guard.collapse_drop > 0 and recipe.data.holdout > 0
+
+
+def test_options_combine_with_every_method(tmp_path):
+    for method in METHODS:
+        path = tmp_path / f"{method}.toml"
+        path.write_text(f"[recipe]\nmethod = '{method}'\n[average]\ndecay = 0.995\n[awp]\ngamma = 0.005\n"
+                        "warmup_epochs = 3\n")
+        recipe = load_recipe(path)
+        assert recipe.average.decay == 0.995 and recipe.awp.gamma == 0.005 and recipe.awp.warmup_epochs == 3
+        assert recipe.to_dict()["awp"] == {"gamma": 0.005, "warmup_epochs": 3}
+    assert load_recipe(REPO / "defenses" / "pgd-at.toml").average.decay == 0  # off unless a recipe asks
 
 
 def test_overrides_change_digest():
@@ -56,6 +68,16 @@ MALFORMED = [
     ("recipe = 3\n", "'recipe.method'"),
     ("[recipe]\nmethod = 'clean'\nmodel = 5\n", "unknown key 'recipe.model'"),
     ("[recipe]\nmethod = 'clean'\n[[model]]\narchitecture = 'x'\n", "'model' must be a table"),
+    ("[recipe]\nmethod = 'trades'\n[average]\ndecay = 1.0\n", "'average.decay' must be in [0, 1)"),
+    ("[recipe]\nmethod = 'trades'\n[average]\ndecay = -0.1\n", "'average.decay' must be in [0, 1)"),
+    ("[recipe]\nmethod = 'trades'\n[average]\ndecay = 'ema'\n", "'average.decay' must be a number"),
+    ("[recipe]\nmethod = 'trades'\n[average]\nwarmup = 10\n", "unknown key 'average.warmup'"),
+    ("[recipe]\nmethod = 'trades'\n[awp]\ngamma = -0.005\n", "'awp.gamma' must be in [0, 1)"),
+    ("[recipe]\nmethod = 'trades'\n[awp]\ngamma = 2\n", "'awp.gamma' must be in [0, 1)"),
+    ("[recipe]\nmethod = 'trades'\n[awp]\nwarmup_epochs = -1\n", "'awp.warmup_epochs' must be >= 0"),
+    ("[recipe]\nmethod = 'trades'\n[awp]\nwarmup_epochs = 2.5\n", "'awp.warmup_epochs' must be an integer"),
+    ("[recipe]\nmethod = 'trades'\n[awp]\nenabled = true\n", "unknown key 'awp.enabled'"),
+    ("[recipe]\nmethod = 'trades'\nawp = 0.005\n", "unknown key 'recipe.awp'"),
 ]
 
 
@@ -87,3 +109,16 @@ def test_missing_and_unknown_recipe_names(tmp_path):
         load_recipe(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="no defenses file named"):
         resolve("defenses", "no-such-recipe")
+
+
+def test_settings_override_is_validated():
+    recipe = load_recipe(REPO / "defenses" / "trades-awp.toml")
+    ablated = recipe.with_settings({"awp.gamma": 0.0, "optimizer.lr": 0.002})
+    assert ablated.awp.gamma == 0 and ablated.optimizer.lr == 0.002 and ablated.average == recipe.average
+    assert ablated.digest() != recipe.digest()
+    with pytest.raises(ConfigError, match="'awp.gamma' must be in"):
+        recipe.with_settings({"awp.gamma": -1.0})
+    with pytest.raises(ConfigError, match="unknown key 'awp.gama'"):
+        recipe.with_settings({"awp.gama": 0.1})
+    with pytest.raises(ConfigError, match="not section.key"):
+        recipe.with_settings({"gamma": 0.1})

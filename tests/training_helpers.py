@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -50,3 +56,24 @@ def robust_accuracy(model, eps: float = EPS, steps: int = 20) -> float:
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def kill_9_after_checkpoint(args: list[str], checkpoint: Path) -> None:
+    """Run ``python args...`` and SIGKILL it as soon as ``checkpoint`` exists (its first epoch's)."""
+    # Same thread count as the test process (conftest: 1): float sums depend on how work is split.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = checkpoint.parent.with_name(checkpoint.parent.name + ".stderr")
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, (f"training ended (exit {proc.returncode}) before it could be killed: "
+                                     f"{log.read_text()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert checkpoint.exists(), "no checkpoint was written before the kill"

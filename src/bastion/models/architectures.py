@@ -18,6 +18,20 @@ def mnist_cnn(num_classes: int = 10) -> nn.Module:
     )
 
 
+def mnist_smallcnn(num_classes: int = 10) -> nn.Module:
+    """TRADES' MNIST "SmallCNN" (Zhang et al. 2019, about 312k parameters): four 3x3 convolutions
+    (32, 32, 64, 64 channels, max-pooled after each pair) and two 200-unit dense layers with dropout
+    0.5. Deeper than ``mnist-cnn`` but a little cheaper per step on a CPU."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 200), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(200, 200), nn.ReLU(),
+        nn.Linear(200, num_classes),
+    )
+
+
 def digits_cnn(num_classes: int = 10) -> nn.Module:
     """Tiny CNN for scikit-learn's 8x8 digits."""
     return nn.Sequential(
@@ -31,5 +45,6 @@ def digits_cnn(num_classes: int = 10) -> nn.Module:
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mnist-cnn": mnist_cnn,
+    "mnist-smallcnn": mnist_smallcnn,
     "digits-cnn": digits_cnn,
 }

@@ -1,4 +1,12 @@
-"""Adversarial training: recipes (TOML data), objectives, and the checkpointed training loop."""
+"""Adversarial training: recipes (TOML data), objectives, and the checkpointed training loop.
+
+Owns: the recipe schema (``recipe``), the training objectives and their inner attacks
+(``losses``), weight averaging (``averaging``) and adversarial weight perturbation (``awp``),
+the loop with its held-out check and guard (``trainer``), checkpoints (``checkpoint``) and the
+trained bundle (``bundle``). May import threat, data, errors, fsutil, tomlfile, models and
+attacks (the inner attacks take their pieces from ``bastion.attacks.toolbox``; the held-out
+check runs registered attacks); never evaluation, access, serving or cli.
+"""
 
 from bastion.defenses.training.bundle import save_trained_bundle
 from bastion.defenses.training.recipe import METHODS, Recipe, load_recipe, recipe_from_dict

@@ -1,9 +1,12 @@
 """Training checkpoints: one file, written atomically after every epoch.
 
 The file holds everything a resumed run needs to continue exactly where an
-uninterrupted one would be: model and optimizer state, the schedule position
-(global step), the completed epoch, both random generators, the best weights
-seen so far and the per-epoch history. It is written with ``torch.save`` and
+uninterrupted one would be: the raw (trained) weights and the optimizer state, the
+averaged weights when the recipe averages them, the schedule position (global
+step), the completed epoch, both random generators, the best weights seen so far,
+the per-epoch history and the count of AWP-perturbed steps. It is written between
+steps, where AWP has put the unperturbed weights back, so it never holds a
+perturbation (AWP keeps none from one step to the next). It is written with ``torch.save`` and
 read back with ``torch.load(weights_only=True)``, which only rebuilds tensors
 and plain containers, so a checkpoint cannot run code when loaded.
 """
@@ -18,11 +21,12 @@ from typing import Any
 
 import torch
 
+from bastion.defenses.training.averaging import WeightAverage
 from bastion.errors import UsageError
 from bastion.fsutil import atomic_write_bytes
 
 CHECKPOINT_FILE = "last.pt"
-FORMAT = 1
+FORMAT = 2  # 2: averaged weights, restored_epoch, awp_steps
 
 
 @dataclass
@@ -39,7 +43,9 @@ class TrainingState:
     best_robust: float = -1.0
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)  # e.g. catastrophic-overfitting restores
+    events: list[str] = field(default_factory=list)  # what the user is told, e.g. a guard restore
+    restored_epoch: int | None = None  # the epoch whose weights the collapse guard restored, if it did
+    awp_steps: int = 0             # optimizer steps taken at AWP-perturbed weights
     finished: bool = False
 
 
@@ -48,17 +54,19 @@ def checkpoint_path(directory: str | Path) -> Path:
 
 
 def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator) -> Path:
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                    average: WeightAverage | None = None) -> Path:
     payload = {
         "format": FORMAT,
         "meta": json.dumps({
             "recipe_digest": state.recipe_digest, "seed": state.seed, "epoch": state.epoch, "step": state.step,
             "seconds": state.seconds, "cpu_seconds": state.cpu_seconds, "best_epoch": state.best_epoch,
             "best_robust": state.best_robust, "history": state.history, "events": state.events,
-            "finished": state.finished,
+            "restored_epoch": state.restored_epoch, "awp_steps": state.awp_steps, "finished": state.finished,
         }),
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
+        "average": average.state_dict() if average is not None else {},
         "best_weights": state.best_weights,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -71,8 +79,9 @@ def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn
 
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, *, recipe_digest: str, seed: int) -> TrainingState:
-    """Restore ``model``, ``optimizer`` and ``generator`` in place and return the saved state."""
+                    generator: torch.Generator, *, recipe_digest: str, seed: int,
+                    average: WeightAverage | None = None) -> TrainingState:
+    """Restore ``model``, ``optimizer``, ``generator`` (and ``average``) in place; return the saved state."""
     path = checkpoint_path(directory)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -86,6 +95,8 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
         raise UsageError(f"{path}: checkpoint was written by a different recipe or seed; use the same "
                          f"--recipe/--seed/--epochs to resume, or delete {Path(directory)} to start over")
     model.load_state_dict(payload["model"])
+    if average is not None:  # the recipe digest matched, so the file holds the average
+        average.load_state_dict(payload["average"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
@@ -93,4 +104,4 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
         recipe_digest=recipe_digest, seed=seed, epoch=meta["epoch"], step=meta["step"], seconds=meta["seconds"],
         cpu_seconds=meta["cpu_seconds"], best_epoch=meta["best_epoch"], best_robust=meta["best_robust"],
         best_weights=dict(payload["best_weights"]), history=meta["history"], events=meta["events"],
-        finished=meta["finished"])
+        restored_epoch=meta["restored_epoch"], awp_steps=meta["awp_steps"], finished=meta["finished"])

@@ -1,11 +1,14 @@
-"""Training objectives: clean, PGD-AT, TRADES, MART and FGSM with random start.
+"""Training objectives: clean, PGD-AT, TRADES, MART, FGSM with random start and Gaussian noise.
 
-Each objective returns the loss to minimise for one batch. The inner
-maximisation is a short loop written here rather than a call into
-:mod:`bastion.attacks`: during training the attack must keep pushing every
-sample (not stop at the first misclassification, as an evaluation attack
-does) and must cost as little as possible. Evaluation always uses bastion's
-attacks.
+One batch's loss is two steps: :func:`training_inputs` is the inner maximisation (the
+adversarial or noisy inputs, at the current weights), :func:`objective` the loss to minimise
+on them. The trainer keeps the two apart because adversarial weight perturbation (AWP) takes
+the gradient of the same objective on the same inputs at perturbed weights.
+
+The inner attacks are short loops over :mod:`bastion.attacks.toolbox`'s pieces rather than
+calls into :mod:`bastion.attacks`: during training the attack must keep pushing every sample
+(not stop at the first misclassification, as an evaluation attack does) and must cost as little
+as possible. Evaluation always uses bastion's attacks.
 
 - PGD-AT (Madry et al. 2018): cross-entropy on PGD examples.
 - TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p(clean) || p(adv)), adv maximising the KL.
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.attacks.base import lp_normalize
+from bastion.attacks.toolbox import random_in_ball, steepest_ascent
 from bastion.defenses.training.recipe import Recipe
 from bastion.threat import ThreatModel
 
@@ -39,36 +42,38 @@ class BatchLoss:
 def batch_loss(recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                bounds: tuple[float, float], generator: torch.Generator) -> BatchLoss:
     """The recipe's objective on one batch at training radius ``eps``; leaves ``model`` in train mode."""
+    x_train = training_inputs(recipe, model, x, y, eps, bounds, generator)
+    return objective(recipe, model, x, x_train, y, eps)
+
+
+def training_inputs(recipe: Recipe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    bounds: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """The inputs the objective trains on: the inner attack's examples at radius ``eps``, the noisy
+    copy for Gaussian training, or ``x`` itself (clean training, or ``eps <= 0``)."""
     method = recipe.method
     if method == "gaussian":
-        model.train()
-        logits = model(x + recipe.noise.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype))
-        return BatchLoss(F.cross_entropy(logits, y), logits.detach())
-    threat = ThreatModel(norm=recipe.threat.norm, eps=max(eps, 0.0), bounds=bounds)
+        return x + recipe.noise.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     if method == "clean" or eps <= 0:
-        model.train()
-        logits = model(x)
+        return x
+    threat = ThreatModel(norm=recipe.threat.norm, eps=eps, bounds=bounds)
+    if method == "fgsm-rs":
+        return fgsm_rs_inner(model, x, y, threat, recipe, generator)
+    return pgd_inner(model, x, y, threat, recipe, generator, objective="kl" if method == "trades" else "ce")
+
+
+def objective(recipe: Recipe, model: nn.Module, x: torch.Tensor, x_train: torch.Tensor, y: torch.Tensor,
+              eps: float) -> BatchLoss:
+    """The loss to minimise, in train mode, given the clean batch and :func:`training_inputs`' result."""
+    model.train()
+    attacked = recipe.method in ("trades", "mart") and eps > 0
+    if not attacked:  # clean, gaussian, pgd-at, fgsm-rs, or an attack at radius 0
+        logits = model(x_train)
         return BatchLoss(F.cross_entropy(logits, y), logits.detach())
-    if method in ("pgd-at", "fgsm-rs"):  # both: cross-entropy on the inner attack's examples
-        if method == "pgd-at":
-            x_adv = pgd_inner(model, x, y, threat, recipe, generator, objective="ce")
-        else:
-            x_adv = fgsm_rs_inner(model, x, y, threat, recipe, generator)
-        model.train()
-        logits = model(x_adv)
-        return BatchLoss(F.cross_entropy(logits, y), logits.detach())
-    if method == "trades":
-        x_adv = pgd_inner(model, x, y, threat, recipe, generator, objective="kl")
-        model.train()
-        logits_clean, logits_adv = model(torch.cat([x, x_adv])).split(len(x))
+    logits_clean, logits_adv = model(torch.cat([x, x_train])).split(len(x))
+    if recipe.method == "trades":
         robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         return BatchLoss(F.cross_entropy(logits_clean, y) + recipe.loss.beta * robust, logits_adv.detach())
-    if method == "mart":
-        x_adv = pgd_inner(model, x, y, threat, recipe, generator, objective="ce")
-        model.train()
-        logits_clean, logits_adv = model(torch.cat([x, x_adv])).split(len(x))
-        return BatchLoss(mart_loss(logits_clean, logits_adv, y, recipe.loss.beta), logits_adv.detach())
-    raise ValueError(f"unknown training method {method!r}")  # recipes are validated, so this is a bug
+    return BatchLoss(mart_loss(logits_clean, logits_adv, y, recipe.loss.beta), logits_adv.detach())
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
@@ -96,10 +101,11 @@ def pgd_inner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
             target = F.softmax(model(x), dim=1)
         # TRADES starts next to x: the KL gradient is exactly zero at x itself.
         start = x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        x_adv = threat.project(x, start)
+    elif settings.random_start:
+        start = x + random_in_ball(x, threat.norm, eps, generator)
     else:
-        x_adv = x + random_delta(x, threat, eps, generator) if settings.random_start else x.clone()
-        x_adv = threat.project(x, x_adv)
+        start = x.clone()
+    x_adv = threat.project(x, start)
     for _ in range(settings.steps):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -109,33 +115,25 @@ def pgd_inner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
             else:
                 loss = F.cross_entropy(logits, y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = threat.project(x, x_adv.detach() + alpha * lp_normalize(grad, threat.norm))
+        x_adv = threat.project(x, x_adv.detach() + alpha * steepest_ascent(grad, threat.norm))
     return x_adv.detach()
 
 
 def fgsm_rs_inner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, recipe: Recipe,
                   generator: torch.Generator) -> torch.Tensor:
-    """One gradient-sign step of size ``step_size * eps`` from a random start in ``noise * eps``."""
+    """One gradient-sign step of size ``step_size * eps`` from a random start in the ball of
+    radius ``noise * eps``."""
     settings = recipe.attack
     eps = threat.single
     model.eval()
-    delta = random_delta(x, threat, settings.noise * eps, generator) if settings.random_start else torch.zeros_like(x)
+    delta = random_in_ball(x, threat.norm, settings.noise * eps, generator) if settings.random_start \
+        else torch.zeros_like(x)
     x_start = (x + delta).clamp(*threat.bounds).detach().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x_start), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_start)
-    x_adv = x_start.detach() + settings.step_size * eps * lp_normalize(grad, threat.norm)
+    x_adv = x_start.detach() + settings.step_size * eps * steepest_ascent(grad, threat.norm)
     if settings.clip:
         return threat.project(x, x_adv)
     # N-FGSM: keep the larger step (only the input bounds apply).
     return x_adv.clamp(*threat.bounds)
-
-
-def random_delta(x: torch.Tensor, threat: ThreatModel, radius: float, generator: torch.Generator) -> torch.Tensor:
-    """A random perturbation: uniform in the Linf cube, or a random direction at a uniform L2 radius."""
-    if threat.norm == "linf":
-        return torch.empty_like(x).uniform_(-radius, radius, generator=generator)
-    direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    direction = lp_normalize(direction, "l2")
-    scale = radius * torch.rand(len(x), generator=generator, dtype=x.dtype)
-    return direction * scale.view(-1, *[1] * (x.dim() - 1))

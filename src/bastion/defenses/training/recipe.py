@@ -17,6 +17,10 @@ Layout (every key optional except ``recipe.method``)::
     [augment]    shift
     [guard]      attack, steps, restarts, collapse_drop, keep
     [noise]      sigma                                            (gaussian: the training noise)
+    [average]    decay                                            (weight averaging, Gowal et al. 2020)
+    [awp]        gamma, warmup_epochs                             (weight perturbation, Wu et al. 2020)
+
+Any combination is allowed: weight averaging and AWP work with every method.
 """
 
 from __future__ import annotations
@@ -162,6 +166,30 @@ class NoiseSection:
 
 
 @dataclass(frozen=True)
+class AverageSection:
+    """Weight averaging (Gowal et al. 2020): train as usual, ship an exponential moving average of
+    the weights (:mod:`bastion.defenses.training.averaging`); the held-out check judges the average."""
+
+    decay: float = 0.0  # per optimizer step, after a (1+t)/(10+t) warm-up; 0 = off (0.995 in the paper)
+
+    def check(self) -> None:
+        _require(0 <= self.decay < 1, "decay", f"must be in [0, 1) (0 = off), got {self.decay}")
+
+
+@dataclass(frozen=True)
+class AWPSection:
+    """Adversarial weight perturbation (Wu et al. 2020): each step's gradient is taken at weights moved
+    by ``gamma * ||w||`` per layer towards a higher training loss (:mod:`bastion.defenses.training.awp`)."""
+
+    gamma: float = 0.0       # relative size of the perturbation; 0 = off (TRADES-AWP: 5e-3)
+    warmup_epochs: int = 0   # epochs of plain training before AWP starts
+
+    def check(self) -> None:
+        _require(0 <= self.gamma < 1, "gamma", f"must be in [0, 1) (0 = off), got {self.gamma}")
+        _require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     recipe: RecipeInfo
     model: ModelSection = field(default_factory=ModelSection)
@@ -173,6 +201,8 @@ class Recipe:
     augment: AugmentSection = field(default_factory=AugmentSection)
     guard: GuardSection = field(default_factory=GuardSection)
     noise: NoiseSection = field(default_factory=NoiseSection)
+    average: AverageSection = field(default_factory=AverageSection)
+    awp: AWPSection = field(default_factory=AWPSection)
     source: str = field(default="<dict>", compare=False)
 
     @property
@@ -204,12 +234,23 @@ class Recipe:
             recipe = dataclasses.replace(recipe, recipe=dataclasses.replace(recipe.recipe, seed=seed))
         return recipe
 
+    def with_settings(self, settings: dict[str, Any]) -> Recipe:
+        """A copy with ``{"section.key": value}`` changed, validated like a recipe file."""
+        raw = self.to_dict()
+        for dotted, value in settings.items():
+            section, _, key = dotted.partition(".")
+            if section not in raw or not key:
+                raise ConfigError(f"{self.source}: setting '{dotted}' is not section.key "
+                                  f"(sections: {', '.join(raw)})")
+            raw[section][key] = value
+        return recipe_from_dict(raw, source=self.source)
+
 
 #: TOML section -> the dataclass that validates it.
 SECTIONS: dict[str, type] = {
     "recipe": RecipeInfo, "model": ModelSection, "data": DataSection, "threat": ThreatSection,
     "attack": AttackSection, "loss": LossSection, "optimizer": OptimizerSection, "augment": AugmentSection,
-    "guard": GuardSection, "noise": NoiseSection,
+    "guard": GuardSection, "noise": NoiseSection, "average": AverageSection, "awp": AWPSection,
 }
 
 

@@ -7,13 +7,19 @@ a held-out slice of the training data, keeps the best weights, applies the
 catastrophic-overfitting guard, and writes a checkpoint atomically, so a run
 killed at any moment resumes from its last finished epoch and ends with the
 same weights an uninterrupted run would have.
+
+Two recipe options change what a step does and what ships: ``[awp]`` takes each
+step's gradient at adversarially perturbed weights (:mod:`.awp`), and ``[average]``
+keeps an exponential moving average of the weights (:mod:`.averaging`), which is
+then the model: the held-out check judges it, the guard keeps or restores it, and
+the bundle holds it (``TrainResult.raw_model`` has the trained weights themselves).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +30,10 @@ from torch import nn
 
 from bastion.attacks import get_attack
 from bastion.data import Dataset
+from bastion.defenses.training.averaging import WeightAverage
+from bastion.defenses.training.awp import weight_perturbation
 from bastion.defenses.training.checkpoint import TrainingState, checkpoint_path, load_checkpoint, save_checkpoint
-from bastion.defenses.training.losses import batch_loss
+from bastion.defenses.training.losses import BatchLoss, objective, training_inputs
 from bastion.defenses.training.recipe import Recipe
 from bastion.errors import ConfigError, DataError, UsageError
 from bastion.models.architectures import ARCHITECTURES
@@ -52,6 +60,7 @@ class TrainResult:
     metrics: dict[str, Any]
     events: list[str] = field(default_factory=list)
     resumed_from: int | None = None
+    raw_model: nn.Module | None = None  # the trained weights themselves, when ``model`` holds their average
 
 
 def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
@@ -66,9 +75,10 @@ def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, chec
         torch.manual_seed(seed)
         if model is None:
             model = ARCHITECTURES[recipe.model.architecture](num_classes=data.num_classes)
-        for p in model.parameters():
+        for p in model.parameters():  # a bundle to fine-tune arrives frozen
             p.requires_grad_(True)
         optimizer = make_optimizer(recipe, model)
+        average = WeightAverage(model, recipe.average.decay) if recipe.average.decay > 0 else None
         generator = torch.Generator().manual_seed(seed)
         state = TrainingState(recipe_digest=recipe.digest(), seed=seed)
         resumed_from = None
@@ -77,30 +87,56 @@ def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, chec
                 raise UsageError(f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume to "
                                  f"continue it, or delete {checkpoint_dir} to start over")
             state = load_checkpoint(checkpoint_dir, model, optimizer, generator,
-                                    recipe_digest=state.recipe_digest, seed=seed)
+                                    recipe_digest=state.recipe_digest, seed=seed, average=average)
             resumed_from = state.epoch
             monitor.message(f"resuming from the checkpoint after epoch {state.epoch} in {checkpoint_dir}")
         elif resume:
             monitor.message(f"no checkpoint in {checkpoint_dir}: starting from scratch")
-        _run_epochs(recipe, model, optimizer, generator, state, train_set, holdout, checkpoint_dir, monitor)
-    if recipe.guard.keep == "best" and state.best_weights:
-        model.load_state_dict(state.best_weights)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return TrainResult(model=model, recipe=recipe, history=state.history, metrics=_metrics(recipe, state),
-                       events=state.events, resumed_from=resumed_from)
+        if recipe.awp.gamma > 0 and recipe.awp.warmup_epochs >= recipe.optimizer.epochs:
+            monitor.message(f"AWP never starts: awp.warmup_epochs ({recipe.awp.warmup_epochs}) is not below the "
+                            f"{recipe.optimizer.epochs} epochs")
+        _run_epochs(recipe, model, optimizer, average, generator, state, train_set, holdout, checkpoint_dir, monitor)
+    shipped = average.module if average is not None else model
+    if _ships_best(recipe, state):
+        shipped.load_state_dict(state.best_weights)
+    for module in (shipped, model):
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return TrainResult(model=shipped, recipe=recipe, history=state.history, metrics=_metrics(recipe, state),
+                       events=state.events, resumed_from=resumed_from,
+                       raw_model=model if average is not None else None)
 
 
-def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                state: TrainingState, train_set: Dataset, holdout: Dataset | None, checkpoint_dir, monitor) -> None:
+def train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               eps: float, bounds: tuple[float, float], generator: torch.Generator, *, perturb: bool) -> BatchLoss:
+    """One optimizer step: the inner maximisation at the current weights, then the objective's gradient
+    (at AWP-perturbed weights when ``perturb``; the step itself starts from the unperturbed ones)."""
+    x_train = training_inputs(recipe, model, x, y, eps, bounds, generator)
+
+    def loss_here() -> BatchLoss:
+        return objective(recipe, model, x, x_train, y, eps)
+
+    with weight_perturbation(model, lambda: loss_here().loss, recipe.awp.gamma) if perturb else nullcontext():
+        out = loss_here()
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+    optimizer.step()
+    return out
+
+
+def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, average: WeightAverage | None,
+                generator: torch.Generator, state: TrainingState, train_set: Dataset, holdout: Dataset | None,
+                checkpoint_dir, monitor) -> None:
     settings = recipe.optimizer
     n = len(train_set)
     steps_per_epoch = math.ceil(n / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
+    evaluated = average.module if average is not None else model  # what the held-out check judges and ships
     monitor.start(epochs=settings.epochs, first_epoch=state.epoch, steps_per_epoch=steps_per_epoch)
     while state.epoch < settings.epochs and not state.finished:
         wall, cpu = time.perf_counter(), time.process_time()
+        perturb = recipe.awp.gamma > 0 and state.epoch >= recipe.awp.warmup_epochs
         order = torch.randperm(n, generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
         for batch in order.split(settings.batch_size):
@@ -109,11 +145,11 @@ def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
             eps = training_eps(recipe, state.step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, state.step, total_steps)
-            out = batch_loss(recipe, model, x, y, eps, train_set.bounds, generator)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            out = train_step(recipe, model, optimizer, x, y, eps, train_set.bounds, generator, perturb=perturb)
+            if average is not None:
+                average.update(model, state.step)
             state.step += 1
+            state.awp_steps += int(perturb)
             loss_sum += out.loss.item() * len(y)
             correct += (out.logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -121,15 +157,17 @@ def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
         state.epoch += 1
         record = {"epoch": state.epoch, "eps": round(eps, 6), "lr": optimizer.param_groups[0]["lr"],
                   "loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if recipe.awp.gamma > 0:
+            record["awp"] = perturb
         if holdout is not None:
-            record.update(evaluate_holdout(recipe, model, holdout))
-            _apply_guard(recipe, model, state, record, monitor)
+            record.update(evaluate_holdout(recipe, evaluated, holdout))
+            _apply_guard(recipe, evaluated, state, record, monitor)
         state.seconds += time.perf_counter() - wall
         state.cpu_seconds += time.process_time() - cpu
         record["seconds"] = round(state.seconds, 2)
         state.history.append(record)
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, state, model, optimizer, generator)
+            save_checkpoint(checkpoint_dir, state, model, optimizer, generator, average)
         monitor.epoch(record)
 
 
@@ -143,6 +181,7 @@ def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record:
                 f"{state.best_epoch} weights and stopped")
         model.load_state_dict(state.best_weights)
         state.events.append(text)
+        state.restored_epoch = state.best_epoch
         state.finished = True
         record["restored_epoch"] = state.best_epoch
         monitor.message(text)
@@ -178,9 +217,7 @@ def evaluate_holdout(recipe: Recipe, model: nn.Module, holdout: Dataset) -> dict
     threat = ThreatModel(norm=recipe.threat.norm, eps=recipe.threat.eps, bounds=holdout.bounds)
     attack = get_attack(recipe.guard.attack)(threat, steps=recipe.guard.steps, restarts=recipe.guard.restarts,
                                              seed=recipe.recipe.seed)
-    result = attack.run(model, holdout.x, holdout.y)[0]
-    for p in model.parameters():  # the attack freezes parameters (as_module); training needs them back
-        p.requires_grad_(True)
+    result = attack.run(model, holdout.x, holdout.y)[0]  # run() restores modes and requires_grad after
     return {"holdout_clean": result.clean_accuracy, "holdout_robust": result.robust_accuracy}
 
 
@@ -254,15 +291,22 @@ def deterministic():
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
+def _ships_best(recipe: Recipe, state: TrainingState) -> bool:
+    """Whether the bundle gets the best checked weights (keep = best, or the guard restored them)."""
+    return bool(state.best_weights) and (recipe.guard.keep == "best" or state.restored_epoch is not None)
+
+
 def _metrics(recipe: Recipe, state: TrainingState) -> dict[str, Any]:
+    chosen = state.best_epoch if _ships_best(recipe, state) else state.epoch
     last = state.history[-1] if state.history else {}
-    restored = recipe.guard.keep == "best" or bool(state.events)  # events = a guard restore happened
-    chosen = state.best_epoch if restored and state.best_weights else state.epoch
     for record in state.history:
         if record["epoch"] == chosen:
             last = record
     metrics = {"epochs_run": state.epoch, "weights_from_epoch": chosen, "seconds": round(state.seconds, 1),
-               "cpu_seconds": round(state.cpu_seconds, 1), "best_epoch": state.best_epoch}
+               "cpu_seconds": round(state.cpu_seconds, 1), "best_epoch": state.best_epoch,
+               "weights": "average" if recipe.average.decay > 0 else "raw"}
+    if recipe.awp.gamma > 0:
+        metrics["awp_steps"] = state.awp_steps
     for key in ("holdout_clean", "holdout_robust", "holdout_noisy", "train_accuracy", "loss"):
         if key in last:
             metrics[key] = round(float(last[key]), 4)
