@@ -76,6 +76,8 @@ class Policy:
     cache_size: int = 10_000
     source: str = "<policy>"
     clock: Callable[[], float] = time.time
+    models: Any = None  # the [models] section: a bastion.access.model_trust.ModelsPolicy, or None
+    limits: Any = None  # the [limits] section: a bastion.access.limits.Limits
 
     def __post_init__(self) -> None:
         self.cache = VerifiedClaimsCache(self.cache_size) if self.cache_size > 0 else None

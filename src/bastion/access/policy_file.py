@@ -30,7 +30,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 # Top-level keys this module reads. Sections other features add to a policy
 # (e.g. model requirements) must be listed here so that typos still fail loudly.
 TOP_LEVEL_KEYS = {"audience", "required_claims", "leeway_seconds", "max_token_bytes", "allow_audience_list",
-                  "one_time_jti", "verified_cache_size", "issuers", "scopes", "revoked", "description"}
+                  "one_time_jti", "verified_cache_size", "issuers", "scopes", "revoked", "description",
+                  "models", "limits"}
 ISSUER_KEYS = {"iss", "algorithm", "key_file", "kid", "jwks_file", "jwks_url", "secret_file", "secret_env",
                "jwks_ttl_seconds", "jwks_cooldown_seconds", "jwks_max_bytes", "insecure_localhost"}
 SCOPE_KEYS = {"actions", "models", "description"}
@@ -135,9 +136,14 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<policy>", base_
         verifier = TokenVerifier(issuers, rules)
     except BastionError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    from bastion.access.limits import parse_limits_section
+    from bastion.access.model_trust import parse_models_section
+
     return Policy(verifier=verifier, scopes=scopes, revoked_jti=set(revoked.strings("jti")),
                   revoked_subjects=set(revoked.strings("subjects")), one_time_jti=one_time,
-                  cache_size=int(top.number("verified_cache_size", 10_000, 0, 10_000_000)), source=source)
+                  cache_size=int(top.number("verified_cache_size", 10_000, 0, 10_000_000)), source=source,
+                  models=parse_models_section(data.get("models"), source, base_dir),
+                  limits=parse_limits_section(data.get("limits"), source, scopes))
 
 
 def _scope(source: str, name: str, table: Any) -> ScopeGrant:
