@@ -113,5 +113,26 @@ def test_bastion_verify_with_a_policy_uses_the_same_decision():
     assert runner.invoke(main, ["verify", str(repo / "plain")]).exit_code == 2
 
 
+def test_serve_check_and_strict(tmp_path):
+    runner = CliRunner()
+    base = ["serve", "--repository", str(world().repository), "--policy", str(world().policy_path),
+            "--audit-log", str(tmp_path / "audit.jsonl")]
+    check = runner.invoke(main, base + ["--check"])
+    assert check.exit_code == 1, check.output
+    assert re.search(r"^serve   plain version 1: sha256:", check.output, re.M)
+    assert re.search(r"^refuse  tampered: tampered: .*file 'bastion.toml' changed", check.output, re.M)
+    assert re.search(r"^refuse  weak: requirement: .*not met \(attested value 0.85\)", check.output, re.M)
+    assert not (tmp_path / "audit.jsonl").exists()  # a check writes no audit records
+    rows = json.loads(runner.invoke(main, base + ["--check", "--json"]).output)
+    assert {r["name"] for r in rows["models"] if r["served"]} >= {"plain", "mnist-cnn-robust", "rejecting"}
+    strict = runner.invoke(main, base + ["--strict", "--port", "0"])
+    assert strict.exit_code == 1
+    assert re.search(r"error: --strict: \d+ model\(s\) refused \(.*tampered", strict.output)
+    assert "listening" not in strict.output
+    missing = runner.invoke(main, ["serve", "--repository", str(tmp_path / "none"), "--policy",
+                                   str(world().policy_path)])
+    assert missing.exit_code == 2 and "no such folder" in missing.output
+
+
 def test_every_clean_policy_in_the_helpers_loads(tmp_path):
     assert load_policy(write_policy(world().root / "again.toml")).models is not None

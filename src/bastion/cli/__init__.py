@@ -57,3 +57,4 @@ def main() -> None:
 from bastion.cli import (  # noqa: E402,F401
     artifact_cmds, attack_cmds, bench_cmds, defense_cmds, sanitize_cmds, token_cmds,
 )
+from bastion.cli import serve_cmds  # noqa: E402,F401
