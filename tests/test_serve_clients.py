@@ -60,8 +60,15 @@ def test_asgi_middleware_guards_another_starlette_app(tmp_path):
     async def health(request):
         return JSONResponse({"ok": True})
 
+    async def stream(websocket):
+        await websocket.accept()
+        await websocket.send_text(websocket.state.bastion["subject"])
+        await websocket.close()
+
+    from starlette.routing import WebSocketRoute
+
     inner = Starlette(routes=[Route("/v2/models/{name}/infer", predict, methods=["POST"]),
-                              Route("/v2/health/live", health)])
+                              Route("/v2/health/live", health), WebSocketRoute("/v2/models/{name}/stream", stream)])
     audit = AuditLog(tmp_path / "mw.jsonl")
     app = BastionAuthMiddleware(inner, world().policy_path, audit=audit)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
@@ -80,6 +87,14 @@ def test_asgi_middleware_guards_another_starlette_app(tmp_path):
             assert narrow.status_code == 403 and "no scope held" in narrow.json()["error"]
             ok = client.post("/v2/models/plain/infer", headers=bearer(token("nick", "predict")))
             assert ok.status_code == 200 and ok.json() == {"who": "nick", "model": "plain"}
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        ws_url = url.replace("http://", "ws://") + "/v2/models/plain/stream"
+        with pytest.raises(InvalidStatus, match="403"):  # a websocket to a guarded path needs the token too
+            connect(ws_url, open_timeout=10)
+        with connect(ws_url, additional_headers=bearer(token("nick", "predict")), open_timeout=10) as ws:
+            assert ws.recv(timeout=10) == "nick"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

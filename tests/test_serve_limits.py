@@ -153,13 +153,39 @@ def test_memory_state_token_bucket():
     assert state.spend_once("j", 10, 0.0) and not state.spend_once("j", 10, 5.0) and state.spend_once("j", 10, 11.0)
 
 
-def test_an_unwritable_audit_log_fails_closed(tight):
+def test_an_unwritable_audit_log_fails_closed_and_loses_nothing(tight):
+    import errno
+
     audit = tight.gateway.audit
-    audit.error = "audit log /x: No space left on device"  # what the writer sets when a write fails
+    disk = audit._file
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    audit._file = Full()
     try:
         with tight.client() as client:
+            first = client.get("/v2/models/plain/ready", headers=bearer(token("oscar")))
+            assert first.status_code == 200  # its record is queued; writing it fails
+            wait_for(lambda: audit.error is not None)
             refused = client.get("/v2/models/plain/ready", headers=bearer(token("oscar")))
-            assert refused.status_code == 503 and "refusing requests that could not be audited" in refused.json()["error"]
+            assert refused.status_code == 503
+            assert "No space left on device: refusing requests that could not be audited" in refused.json()["error"]
             assert client.get("/v2/health/ready").status_code == 503
+            audit._file = disk  # the disk has room again: the writer's retry catches up
+            wait_for(lambda: audit.error is None)
+            assert client.get("/v2/health/ready").status_code == 200
+        ids = {first.headers["x-request-id"], refused.headers["x-request-id"]}
+        wait_for(lambda: ids <= {r.get("request_id") for r in audit_lines(audit.path)})
     finally:
-        audit.error = None
+        audit._file = disk

@@ -5,7 +5,7 @@
 
     gateway = Gateway(GatewayConfig(repository=Path("models"), policy=load_policy("gateway.toml")))
     gateway.load_models()          # verify and load; refusals are kept with their reasons
-    app = create_app(gateway)      # an ASGI app (uvicorn bastion.serving.server.run does the rest)
+    app = create_app(gateway)      # the ASGI app; bastion.serving.server.run(gateway) serves it on uvicorn
 
 Other ASGI servers can mount :class:`BastionAuthMiddleware`; nginx and Envoy can ask the
 ``/authz`` endpoint. Layout: ``app`` (wiring, in-flight cap), ``routes``, ``repository``

@@ -119,6 +119,8 @@ class BastionAuthMiddleware:
         self.app, self.routes, self.authorizer, self.audit = app, routes, authorizer, audit
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         target = self.routes(scope["method"], scope["path"])
@@ -156,3 +158,17 @@ class BastionAuthMiddleware:
                                   "model": model, "version": None, "status": status,
                                   "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                                   **audit_fields(outcome)})
+
+    async def _websocket(self, scope, receive, send):
+        """A websocket to a guarded path needs the same token; refused, the handshake is closed (403)."""
+        target = self.routes("GET", scope["path"])
+        if target is not None:
+            outcome = self.authorizer.authorize(header(scope, b"authorization"), client_address(scope), *target)
+            if not outcome.allowed:
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            scope = {**scope, "state": {**(scope.get("state") or {}), "bastion": {
+                "subject": outcome.subject, "issuer": outcome.issuer, "scope": outcome.scope,
+                "action": target[0], "model": target[1]}}}
+        await self.app(scope, receive, send)
