@@ -60,11 +60,23 @@ def _resolve(module: str, node: ast.ImportFrom | ast.Import, alias: ast.alias) -
     return target or None
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """Imports under ``if TYPE_CHECKING:``: they name types for readers and checkers, and never run."""
+    hidden = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hidden |= {inner for statement in node.body for inner in ast.walk(statement)}
+    return hidden
+
+
 def _edges() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {name: set() for name in MODULES}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        hidden = _type_checking_only(tree)
         for node in ast.walk(tree):
+            if node in hidden:
+                continue
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for alias in node.names:
                     target = _resolve(name, node, alias)

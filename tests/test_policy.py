@@ -289,18 +289,18 @@ def test_extra_sections_plug_in_through_the_section_table(folder, monkeypatch):
     """A feature adds a top-level section with one line in policy_file.SECTIONS; typos still fail loudly."""
     from bastion.access import policy_file
 
-    def parse_limits(value, context):
-        reader = context.reader(value, "limits.", {"per_minute"})
+    def parse_quota(value, context):
+        reader = context.reader(value, "quota.", {"per_minute"})
         return int(reader.number("per_minute", 60, 1, 10_000))
 
-    without = write_policy(folder, BASE + "[limits]\nper_minute = 5\n")
-    with pytest.raises(ConfigError, match=r"policy.toml: limits: unknown key"):
+    without = write_policy(folder, BASE + "[quota]\nper_minute = 5\n")
+    with pytest.raises(ConfigError, match=r"policy.toml: quota: unknown key"):
         load_policy(without)
-    monkeypatch.setitem(policy_file.SECTIONS, "limits", parse_limits)
-    assert load_policy(without).sections == {"limits": 5}
+    monkeypatch.setitem(policy_file.SECTIONS, "quota", parse_quota)
+    assert load_policy(without).sections == {"quota": 5}
     assert load_policy(write_policy(folder, BASE)).sections == {}
-    for body, problem in (("[limits]\nper_minut = 5\n", r"limits.per_minut: unknown key"),
-                          ("[limits]\nper_minute = 0\n", r"limits.per_minute: 0 is out of range"),
-                          ("limits = 3\n", r"limits: expected a table")):
+    for body, problem in (("[quota]\nper_minut = 5\n", r"quota.per_minut: unknown key"),
+                          ("[quota]\nper_minute = 0\n", r"quota.per_minute: 0 is out of range"),
+                          ("quota = 3\n", r"quota: expected a table")):
         with pytest.raises(ConfigError, match=problem):
             load_policy(write_policy(folder, body + BASE if not body.startswith("[") else BASE + body))

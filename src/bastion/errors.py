@@ -68,3 +68,11 @@ class AccessDenied(CheckFailed):
 
 class UnsafeFileError(CheckFailed):
     """A file that would execute code when loaded (e.g. a pickle reaching a dangerous global)."""
+
+
+class ModelRefused(VerificationError):
+    """A model a policy does not let be served; ``kind`` names the check that said no (a short, fixed word)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind

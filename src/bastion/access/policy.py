@@ -18,13 +18,17 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bastion.access.claims_cache import JtiReplayGuard, VerifiedClaimsCache, token_digest
+from bastion.access.limits import Limits
 from bastion.access.names import ANY_MODEL, model_matches, model_name_problem, model_pattern_problem
 from bastion.access.scopes import scope_name_problem
 from bastion.access.tokens import TokenVerifier, VerifiedToken
 from bastion.errors import AccessDenied, ConfigError, TokenError
+
+if TYPE_CHECKING:  # the models section's type only; model_trust is loaded by the policy file reader
+    from bastion.access.model_trust import ModelsPolicy
 
 ANY = "*"
 MAX_REASON_CHARS = 300
@@ -155,6 +159,16 @@ class Policy:
     clock: Callable[[], float] = time.time
     #: What extra policy sections (see policy_file.SECTIONS) read, by section name.
     sections: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models(self) -> ModelsPolicy | None:
+        """The ``[models]`` section: which models may be served or loaded; None when the policy has none."""
+        return self.sections.get("models")
+
+    @property
+    def limits(self) -> Limits:
+        """The ``[limits]`` section (its defaults when the policy has none)."""
+        return self.sections.get("limits") or Limits()
 
     def __post_init__(self) -> None:
         self.cache = VerifiedClaimsCache(self.cache_size) if self.cache_size > 0 else None

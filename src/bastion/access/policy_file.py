@@ -12,12 +12,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from bastion.access.jwks import (DEFAULT_COOLDOWN_SECONDS, DEFAULT_MAX_BYTES, DEFAULT_TTL_SECONDS, RemoteJwks,
                                  load_jwks_file)
 from bastion.access.keys import load_public_key
+from bastion.access.limits import parse_limits_section
+from bastion.access.model_trust import parse_models_section
 from bastion.access.policy import Policy, ScopeGrant, grant_problem
+from bastion.access.policy_reader import TableReader, resolve_path
 from bastion.access.token_keys import key_problem, read_secret_file, secret_problem, thumbprint
 from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_LIFETIME_SECONDS,
                                    DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS, MAX_LIFETIME_SECONDS, StaticKeys,
@@ -38,45 +41,6 @@ SCOPE_KEYS = {"actions", "models", "description"}
 REVOKED_KEYS = {"jti", "subjects"}
 
 
-class TableReader:
-    """Typed access to one table of the policy, raising ConfigError that names file and key."""
-
-    def __init__(self, source: str, table: Mapping[str, Any], prefix: str, allowed: set[str]):
-        self.source, self.table, self.prefix = source, table, prefix
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            self.fail(unknown[0], f"unknown key (known: {', '.join(sorted(allowed))})")
-
-    def fail(self, key: str, problem: str) -> NoReturn:
-        raise ConfigError(f"{self.source}: {self.prefix}{key}: {problem}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
-        if key not in self.table:
-            if required:
-                self.fail(key, "missing (required)")
-            return default
-        value = self.table[key]
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
-            self.fail(key, f"expected {_kind_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            self.fail(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
-        return value
-
-    def strings(self, key: str, default: list[str] | None = None, *, required: bool = False) -> list[str]:
-        value = self.get(key, list, default, required=required)
-        if value is None:
-            return []
-        if not all(isinstance(item, str) for item in value):
-            self.fail(key, "expected a list of strings")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.get(key, (int, float), default)
-        if not low <= value <= high:
-            self.fail(key, f"{value} is out of range ({low:g} to {high:g})")
-        return value
-
-
 @dataclass(frozen=True)
 class SectionContext:
     """What a section parser gets besides its table: where errors point, and where paths resolve."""
@@ -84,6 +48,7 @@ class SectionContext:
     source: str
     base_dir: Path
     environ: Mapping[str, str]
+    scope_names: frozenset[str] = frozenset()
 
     def reader(self, table: Any, prefix: str, allowed: set[str]) -> TableReader:
         """A reader for ``table`` (which must be a TOML table) whose errors say ``{source}: {prefix}{key}``."""
@@ -99,14 +64,10 @@ SectionParser = Callable[[Any, SectionContext], Any]
 #: Extra top-level sections, one line each: ``"name": parser``. A feature that adds a section
 #: to policies (e.g. ``[models]``) writes its parser and adds it here; keys in no table at all
 #: still fail loudly as unknown.
-SECTIONS: dict[str, SectionParser] = {}
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
-             dict: "a table"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+SECTIONS: dict[str, SectionParser] = {
+    "models": lambda value, context: parse_models_section(value, context.source, context.base_dir),
+    "limits": lambda value, context: parse_limits_section(value, context.source, context.scope_names),
+}
 
 
 def load_policy(name_or_path: str | Path, *, environ: Mapping[str, str] | None = None) -> Policy:
@@ -161,7 +122,7 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<policy>", base_
         verifier = TokenVerifier(issuers, rules)
     except BastionError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    context = SectionContext(source, base_dir, environ)
+    context = SectionContext(source, base_dir, environ, frozenset(scopes))
     sections = {name: parse(data[name], context) for name, parse in SECTIONS.items() if name in data}
     return Policy(verifier=verifier, scopes=scopes, revoked_jti=set(revoked.strings("jti")),
                   revoked_subjects=set(revoked.strings("subjects")), one_time_jti=one_time,
@@ -230,7 +191,7 @@ def _issuer(source: str, table: Any, prefix: str, base_dir: Path, environ: Mappi
         except ConfigError as exc:
             reader.fail("jwks_url", str(exc))
     elif where == "jwks_file":
-        path = _path(base_dir, reader.get("jwks_file", str))
+        path = resolve_path(base_dir, reader.get("jwks_file", str))
         try:
             keys = StaticKeys(iss, load_jwks_file(path, algorithm))
         except ConfigError as exc:
@@ -252,7 +213,7 @@ def _key_files(reader: TableReader, base_dir: Path, algorithm: str, kid: str | N
         reader.fail("kid", "a kid names one key_file; with several, each key's kid is its thumbprint")
     keys: dict[str | None, Any] = {}
     for text in paths:
-        path = _path(base_dir, text)
+        path = resolve_path(base_dir, text)
         try:
             key = load_public_key(path)
         except BastionError as exc:
@@ -271,7 +232,7 @@ def _secret(reader: TableReader, where: str, base_dir: Path, environ: Mapping[st
             reader.fail(where, f"environment variable {name} is not set; export the HS256 secret in it")
         secret = environ[name].encode("utf-8")
     else:
-        path = _path(base_dir, name)
+        path = resolve_path(base_dir, name)
         if not path.is_file():
             reader.fail(where, f"{path}: no such file")
         try:
@@ -282,8 +243,3 @@ def _secret(reader: TableReader, where: str, base_dir: Path, environ: Mapping[st
     if problem:
         reader.fail(where, problem)
     return secret
-
-
-def _path(base_dir: Path, text: str) -> Path:
-    path = Path(os.path.expanduser(text))
-    return path if path.is_absolute() else base_dir / path

@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion.access.attestation import default_attestation_path, verify_attestation
+from bastion.access.attestation import Attestation, default_attestation_path, verify_attestation
 from bastion.access.keys import load_public_key
 from bastion.access.manifest import build_manifest, list_model_files
 from bastion.access.pickle_scan import scan_file
@@ -45,12 +47,37 @@ class ModelTrust:
     attestation: str | Path | None = None
 
 
+@dataclass(frozen=True)
+class VerifiedCopy:
+    """A private copy of a model whose bytes matched its signature (and attestation, if asked)."""
+
+    path: Path  # the copy: load from here, never from the original
+    signed: SignedModel
+    signer_key: Any  # the trusted key the signature verified under
+    attestation: Attestation | None = None
+    attester_key: Any = None
+
+
 def load_verified(path: str | Path, key_or_policy: Any, *, signature: str | Path | None = None,
                   architecture: str | None = None, trust_code: bool = False, device: str = "cpu"):
     """Verify the model at ``path`` with a public key (object or PEM path) or a :class:`ModelTrust`, then load it.
 
     Returns a :class:`~bastion.models.loading.LoadedModel`. Raises VerificationError
     (nothing is deserialised) if the signature, the files or the attestation do not check out.
+    """
+    with verified_copy(path, key_or_policy, signature=signature) as verified:
+        loaded = load_copy(verified.path, architecture=architecture, trust_code=trust_code, device=device)
+    loaded.source = str(path)
+    return loaded
+
+
+@contextmanager
+def verified_copy(path: str | Path, key_or_policy: Any, *,
+                  signature: str | Path | None = None) -> Iterator[VerifiedCopy]:
+    """Copy the model's files to a private temp dir, verify the copy, and yield it; removed on exit.
+
+    Everything read while the context is open (weights, metadata, data files in the bundle) is
+    read from bytes that matched the signature, whatever happens to the original meanwhile.
     """
     model = Path(path)
     trust = key_or_policy if isinstance(key_or_policy, ModelTrust) else ModelTrust(keys=[key_or_policy])
@@ -59,12 +86,11 @@ def load_verified(path: str | Path, key_or_policy: Any, *, signature: str | Path
         raise UsageError("load_verified: give at least one trusted public key")
     signature = Path(signature) if signature else default_signature_path(model)
     with tempfile.TemporaryDirectory(prefix="bastion-verified-") as tmp:
-        copy, signed = _verified_copy(model, signature, keys, Path(tmp))
+        copy, signed, signer = _verified_copy(model, signature, keys, Path(tmp))
+        attestation = attester = None
         if trust.require or trust.attestation:
-            _check_attestation(model, copy, signed, trust)
-        loaded = _load_copy(copy, architecture=architecture, trust_code=trust_code, device=device)
-    loaded.source = str(model)
-    return loaded
+            attestation, attester = _check_attestation(model, copy, signed, trust)
+        yield VerifiedCopy(copy, signed, signer, attestation, attester)
 
 
 def _as_public_key(key: Any):
@@ -75,11 +101,12 @@ def _as_public_key(key: Any):
     raise UsageError(f"load_verified: {type(key).__name__} is not a public key, a PEM path or a ModelTrust")
 
 
-def _verified_copy(model: Path, signature: Path, keys: list, tmp: Path) -> tuple[Path, SignedModel]:
+def _verified_copy(model: Path, signature: Path, keys: list, tmp: Path) -> tuple[Path, SignedModel, Any]:
     errors = []
     for key in keys:
         try:
             signed = read_signature(signature, key)
+            signer = key
             break
         except VerificationError as exc:
             errors.append(str(exc))
@@ -96,7 +123,7 @@ def _verified_copy(model: Path, signature: Path, keys: list, tmp: Path) -> tuple
     actual = build_manifest(copy, signed.hash_type)
     compare_manifests(signed, actual, model, signature)
     return copy, SignedModel(model, signature, signed.model_name, signed.root_digest, signed.hash_type,
-                             len(signed.resources), tuple(signed.ignore_paths))
+                             len(signed.resources), tuple(signed.ignore_paths)), signer
 
 
 def _copy_no_follow(source: Path, target: Path) -> None:
@@ -105,20 +132,20 @@ def _copy_no_follow(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
 
 
-def _check_attestation(model: Path, copy: Path, signed: SignedModel, trust: ModelTrust) -> None:
+def _check_attestation(model: Path, copy: Path, signed: SignedModel, trust: ModelTrust) -> tuple[Attestation, Any]:
     attestation = Path(trust.attestation) if trust.attestation else default_attestation_path(model)
     keys = [_as_public_key(k) for k in (trust.attestation_keys or trust.keys)]
     errors = []
     for key in keys:
         try:
-            verify_attestation(copy, key, attestation, require=trust.require, signed=signed)
-            return
+            return verify_attestation(copy, key, attestation, require=trust.require, signed=signed), key
         except VerificationError as exc:
-            errors.append(str(exc))
+            errors.append(str(exc).replace(str(copy), str(model)))  # name the model, not the private copy
     raise VerificationError(errors[-1])
 
 
-def _load_copy(copy: Path, *, architecture: str | None, trust_code: bool, device: str):
+def load_copy(copy: Path, *, architecture: str | None = None, trust_code: bool = False, device: str = "cpu"):
+    """Load a model from a :class:`VerifiedCopy`'s path (only formats that run no code)."""
     from bastion.models.bundle import load_bundle
     from bastion.models.loading import LoadedModel, as_module, build_architecture, load_program, load_weights_into
 

@@ -39,6 +39,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("attest", "bastion.cli.artifact_cmds", "Sign a robustness attestation: model digest + report."),
     ("scan", "bastion.cli.artifact_cmds", "Scan pickle-based files for code they would run."),
     ("token", "bastion.cli.token_cmds", "Issue, verify and publish caller tokens (JWT)."),
+    ("serve", "bastion.cli.serve_cmds", "Serve verified models to authorized callers (OIP v2 gateway)."),
 )
 _MODULE_OF = {name: module for name, module, _ in COMMANDS}
 
@@ -90,5 +91,6 @@ def main() -> None:
     """bastion: adversarial robustness and model security for PyTorch classifiers.
 
     Attack a model (attack, bench), make it robust (train, sanitize, certify),
-    and control who loads and calls it (keygen, sign, verify, attest, scan, token).
+    control who loads and calls it (keygen, sign, verify, attest, scan, token),
+    and serve only verified models to authorized callers (serve).
     """

@@ -13,7 +13,7 @@ import click
 
 from bastion.cli import main
 from bastion.cli.common import PASSPHRASE_ENV, emit_json, json_option, passphrase_for, passphrase_for_new_key
-from bastion.errors import KeyFileError
+from bastion.errors import KeyFileError, UsageError
 
 HASH_CHOICES = click.Choice(["sha256", "blake2b", "blake3"])
 hash_option = click.option("--hash", "hash_type", type=HASH_CHOICES, default="sha256", show_default=True,
@@ -88,8 +88,12 @@ def sign(path, key_path, signature, hash_type, workers, as_json):
 
 @main.command()
 @click.argument("path", type=click.Path())
-@click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False),
-              help="The signer's public key (PEM).")
+@click.option("--key", "-k", "key_path", type=click.Path(dir_okay=False),
+              help="The signer's public key (PEM). Or give --policy.")
+@click.option("--policy", "policy_ref",
+              help="Decide as `bastion serve` does: the policy's [models] section (trusted signer and attester "
+                   "keys, the rule naming the model: attestation, requirement).")
+@click.option("--name", "model_name", help="With --policy: the name the model is served as [default: PATH's folder name].")
 @click.option("--signature", "-s", type=click.Path(dir_okay=False),
               help="Signature file [default: PATH/model.sig for a directory, PATH.sig for a file].")
 @click.option("--attestation", "-a", type=click.Path(dir_okay=False),
@@ -100,11 +104,25 @@ def sign(path, key_path, signature, hash_type, workers, as_json):
               help='Require attested results, e.g. "robust_accuracy>=0.8 and flags==0" (implies an attestation).')
 @workers_option
 @json_option
-def verify(path, key_path, signature, attestation, attestation_key, requirement, workers, as_json):
+def verify(path, key_path, policy_ref, model_name, signature, attestation, attestation_key, requirement, workers,
+           as_json):
     """Verify a model against its signature (and optionally a robustness attestation). Exit 1 if it fails.
 
     Example: bastion verify my-model/ --key release.key.pub --require "robust_accuracy>=0.8"
+
+    Example: bastion verify models/mnist-cnn-robust --policy gateway.toml
     """
+    if policy_ref is not None:
+        given = [flag for flag, value in (("--key", key_path), ("--signature", signature),
+                                          ("--attestation", attestation), ("--attestation-key", attestation_key),
+                                          ("--require", requirement)) if value]
+        if given:
+            raise UsageError(f"--policy decides with the policy's [models] keys and rules; drop {', '.join(given)}")
+        return _verify_with_policy(path, policy_ref, model_name, as_json)
+    if key_path is None:
+        raise UsageError("give --key (the signer's public key) or --policy (a policy with a [models] section)")
+    if model_name is not None:
+        raise UsageError("--name applies with --policy")
     from bastion.access.attestation import default_attestation_path, verify_attestation
     from bastion.access.keys import load_public_key
     from bastion.access.requirements import parse_requirement
@@ -135,6 +153,32 @@ def verify(path, key_path, signature, attestation, attestation_key, requirement,
         click.echo(f"OK: {attested.attestation} attests this model: clean {ev['clean_accuracy']:.2%}, "
                    f"worst robust {worst:.2%} on {ev['n']} samples" + (f" ({ev['suite']})" if ev["suite"] else ""))
         for clause in attested.requirements_met:
+            click.echo(f"  requirement met: {clause}")
+
+
+def _verify_with_policy(path: str, policy_ref: str, name: str | None, as_json: bool) -> None:
+    from bastion.access.model_trust import trusted_model
+    from bastion.access.policy_file import load_policy
+
+    policy = load_policy(policy_ref)
+    if policy.models is None:
+        raise UsageError(f"{policy.source}: has no [models] section (trusted signer keys and model rules)")
+    if not Path(path).exists():
+        raise UsageError(f"{path}: no such model file or directory")
+    with trusted_model(path, policy.models, name) as trusted:
+        summary = {"verified": True, "model": str(trusted.path), "name": trusted.name, **trusted.describe()}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"OK: {trusted.path} may be served as {trusted.name!r} under {policy.source}: "
+               f"{summary['model_digest']} ({trusted.files} files, {trusted.hash_type}), signer key "
+               f"{trusted.signer_hint[:16]}...")
+    robustness = summary["robustness"]
+    if robustness:
+        worst = min(e["accuracy"] for e in robustness["robust_accuracy"])
+        click.echo(f"OK: attested by key {robustness['attester_key_hint'][:16]}...: clean "
+                   f"{robustness['clean_accuracy']:.2%}, worst robust {worst:.2%} on {robustness['n']} samples")
+        for clause in robustness["requirements_met"]:
             click.echo(f"  requirement met: {clause}")
 
 

@@ -1,0 +1,110 @@
+"""The gateway's mutable security state, behind one small interface so replicas can share it.
+
+Two operations cover everything the gateway remembers between requests:
+
+- ``take(key, rate, burst, now) -> (allowed, retry_after)``: one token bucket per key
+  (per caller and scope, or per client address for failed authentications);
+- ``spend_once(key, ttl, now) -> bool``: True the first time a key is spent within
+  ``ttl`` seconds (one-time ``jti`` values), False for a replay.
+
+:class:`MemoryState` keeps them in this process. A store shared by several gateway
+replicas (e.g. Redis) implements the same two methods; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Protocol
+
+from bastion.errors import TokenError
+
+
+class SharedState(Protocol):
+    def take(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        """Take one token from ``key``'s bucket; (allowed, seconds until one is available if not)."""
+
+    def peek(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        """Whether ``key``'s bucket holds a token (and if not, seconds until it will), taking none."""
+
+    def spend_once(self, key: str, ttl: float, now: float) -> bool:
+        """Mark ``key`` spent for ``ttl`` seconds; False if it already was (a replay)."""
+
+    def is_spent(self, key: str, now: float) -> bool:
+        """Whether ``key`` was spent and has not been forgotten yet."""
+
+
+class MemoryState:
+    """In-process buckets and spent keys, bounded: idle full buckets and expired keys are dropped."""
+
+    def __init__(self, max_keys: int = 1_000_000):
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (tokens, at, full again at)
+        self._spent: dict[str, float] = {}  # key -> forget at
+        self._lock = threading.Lock()
+
+    def take(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        with self._lock:
+            tokens = self._level(key, rate, burst, now)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[key] = (tokens, now, now + (burst - tokens) / rate)
+            return allowed, 0.0 if allowed else (1.0 - tokens) / rate
+
+    def peek(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
+        with self._lock:
+            tokens = self._level(key, rate, burst, now)
+            return tokens >= 1.0, max(0.0, (1.0 - tokens) / rate)
+
+    def _level(self, key: str, rate: float, burst: float, now: float) -> float:
+        entry = self._buckets.get(key)
+        if entry is None:
+            if len(self._buckets) >= self.max_keys:
+                # A bucket that has refilled is the same as no bucket: dropping it loses nothing.
+                self._buckets = {k: e for k, e in self._buckets.items() if e[2] > now}
+            return burst
+        tokens, at, _ = entry
+        return min(burst, tokens + max(0.0, now - at) * rate)
+
+    def spend_once(self, key: str, ttl: float, now: float) -> bool:
+        with self._lock:
+            forget_at = self._spent.get(key)
+            if forget_at is not None and forget_at > now:
+                return False
+            if len(self._spent) >= self.max_keys:
+                self._spent = {k: t for k, t in self._spent.items() if t > now}
+                if len(self._spent) >= self.max_keys:
+                    raise TokenError("one-time jti store is full of unexpired tokens; refusing one-time tokens "
+                                     "until some expire")
+            self._spent[key] = now + ttl
+            return True
+
+    def is_spent(self, key: str, now: float) -> bool:
+        with self._lock:
+            forget_at = self._spent.get(key)
+            return forget_at is not None and forget_at > now
+
+
+class StateReplayGuard:
+    """A policy's one-time-jti guard backed by a :class:`SharedState` (replaces ``Policy.replay_guard``)."""
+
+    def __init__(self, state: SharedState):
+        self.state = state
+
+    @staticmethod
+    def _key(issuer: str, jti: str) -> str:
+        return f"jti\x00{issuer}\x00{jti}"
+
+    def is_spent(self, issuer: str, jti: str, now: float) -> bool:
+        return self.state.is_spent(self._key(issuer, jti), now)
+
+    def spend(self, issuer: str, jti: str, forget_at: float, now: float) -> None:
+        if not self.state.spend_once(self._key(issuer, jti), max(forget_at - now, 1.0), now):
+            raise TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer!r} was already used "
+                             "and this policy allows each jti once")
+
+
+def retry_after_header(seconds: float) -> str:
+    """Retry-After in whole seconds (RFC 9110), never 0 for a refusal."""
+    return str(max(1, math.ceil(seconds)))
