@@ -53,7 +53,7 @@ def test_signed_and_attested_model_is_served_with_its_verification(client, auth)
     assert trust["signer_key_hint"] == key_hint(world().signer_key.public_key())
     robustness = trust["robustness"]
     assert robustness["attester_key_hint"] == key_hint(world().attester_key.public_key())
-    assert robustness["robust_accuracy"] == [{"label": "", "eps": 0.3, "accuracy": 0.85}]
+    assert robustness["robust_accuracy"] == [{"label": "linf", "eps": 0.3, "accuracy": 0.85}]
     assert robustness["requirements_met"] == ["robust_accuracy[0.3]>=0.8 (attested 0.85)", "flags==0 (attested 0)"]
     assert trust["detector"]["mode"] == "flag" and trust["detector"]["target_fpr"] == 0.05
     assert client.get("/v2/models/mnist-cnn-robust/versions/1", headers=auth).json()["bastion"]["version"] == "1"

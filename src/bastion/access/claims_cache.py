@@ -56,6 +56,12 @@ class VerifiedClaimsCache:
         return len(self._entries)
 
 
+def replayed(issuer: str, jti: str) -> TokenError:
+    """The refusal of a one-time jti seen before (every replay guard raises this one)."""
+    return TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer[:80]!r} was already used "
+                      "and this policy allows each jti once")
+
+
 class JtiReplayGuard:
     """Remembers each spent one-time jti until its token expires.
 
@@ -88,8 +94,7 @@ class JtiReplayGuard:
     def _refuse_if_spent(self, issuer: str, jti: str, now: float) -> None:
         forget_at = self._spent.get((issuer, jti))
         if forget_at is not None and forget_at > now:
-            raise TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer[:80]!r} was already used "
-                             "and this policy allows each jti once")
+            raise replayed(issuer, jti)
 
     def __len__(self) -> int:
         return len(self._spent)

@@ -17,7 +17,7 @@ import math
 import threading
 from typing import Protocol
 
-from bastion.errors import TokenError
+from bastion.access.claims_cache import replayed
 
 
 class SharedState(Protocol):
@@ -96,13 +96,15 @@ class StateReplayGuard:
     def _key(issuer: str, jti: str) -> str:
         return f"jti\x00{issuer}\x00{jti}"
 
-    def is_spent(self, issuer: str, jti: str, now: float) -> bool:
-        return self.state.is_spent(self._key(issuer, jti), now)
+    def check_unspent(self, issuer: str, jti: str, now: float) -> None:
+        """TokenError if (issuer, jti) was spent and has not expired; spends nothing."""
+        if self.state.is_spent(self._key(issuer, jti), now):
+            raise replayed(issuer, jti)
 
     def spend(self, issuer: str, jti: str, forget_at: float, now: float) -> None:
+        """Mark (issuer, jti) spent until ``forget_at``; TokenError if it already was (atomic in the state)."""
         if not self.state.spend_once(self._key(issuer, jti), max(forget_at - now, 1.0), now):
-            raise TokenError(f"replayed token: jti {jti[:80]!r} of issuer {issuer!r} was already used "
-                             "and this policy allows each jti once")
+            raise replayed(issuer, jti)
 
 
 def retry_after_header(seconds: float) -> str:
