@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.attack_cmds import parse_eps
+from bastion.cli.attack_cmds import acceleration_from, acceleration_options, check_onnx_runtime, parse_eps
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
                                 seed_option, weights_option)
 from bastion.cli.progress import BenchProgress, Progress
@@ -37,12 +37,13 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without redoing finished attacks.")
 @click.option("--batch-size", type=int, default=None, help="Attack batch size (default: each attack's own).")
 @click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
+@acceleration_options
 @json_option
 @quiet_option
 @seed_option
 @device_option
-def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, as_json, quiet,
-          seed, device):
+def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, use_compile,
+          channels_last, bf16, onnx_runtime, as_json, quiet, seed, device):
     """Benchmark a model's robustness with an attack suite (worst case per sample).
 
     With no options: the bundled robust MNIST model, the standard (AutoAttack) suite,
@@ -64,7 +65,10 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     if eps:
         suite = suite.with_eps(parse_eps(eps))
     dev = pick_device(device)
-    loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
+    forward_only = all(spec.family != "white-box" for spec in suite.attacks)  # runs an ONNX model on onnxruntime
+    loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code,
+                        onnx_runtime=onnx_runtime or forward_only)
+    check_onnx_runtime(onnx_runtime, loaded)
     data = load_data(data_ref, "test", bounds=loaded.bounds)
     if n is None:
         n = min(DEFAULT_N, len(data))
@@ -87,7 +91,8 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     command = "bastion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress(enabled=not quiet) as progress:
         report = benchmark(loaded, data, suite, out_dir=out, seed=seed, resume=resume, batch_size=batch_size,
-                           on_event=BenchProgress(progress), command=command)
+                           on_event=BenchProgress(progress), command=command,
+                           acceleration=acceleration_from(use_compile, channels_last, bf16))
     if as_json:
         emit_json(_json_summary(report, out, notes))
     elif not quiet:
@@ -116,12 +121,15 @@ def _json_summary(report: dict, out: Path, notes: list[str]) -> dict:
                          "attacks": [{k: a[k] for k in SUMMARY_ATTACK_KEYS} for a in r["attacks"]],
                          "class_gap": r["class_gap"]} for r in report["results"]],
             "indicators": [{k: i[k] for k in ("key", "status", "finding")} for i in report["indicators"]],
-            "timing": report["timing"], "files": report.get("files", {})}
+            "timing": report["timing"], "evaluation": report["evaluation"], "files": report.get("files", {})}
 
 
 def _print_summary(report: dict, out: Path) -> None:
     s = report["summary"]
     click.echo(f"{s['model']}: {s['n']} samples of {report['data']['name']}, suite {s['suite']} ({s['norm']})")
+    used = report["evaluation"]["accelerations"]
+    if used:
+        click.echo(f"  accelerations: {', '.join(used)} (agree with fp32 eager; adversarials re-checked in fp32 eager)")
     click.echo(f"  clean accuracy            {s['clean_accuracy']:.2%}")
     for r in report["results"]:
         click.echo(f"  robust accuracy eps {r['eps']:<6g}{r['robust_accuracy']:.2%}")

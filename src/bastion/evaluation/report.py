@@ -43,6 +43,7 @@ def build_report(state: RunState, suite: Suite, y: torch.Tensor, num_classes: in
                     "indicators_fired": [i["key"] for i in indicators if i["status"] == "fired"]},
         "model": run["model"], "data": run["data"], "seed": state.fingerprint.seed,
         "device": run.get("device", "cpu"), "command": run.get("command", ""),
+        "evaluation": run.get("evaluation", {"accelerations": [], "checks": []}),
         "suite": suite.to_dict(),
         "clean_correct_indices": list(state.clean_correct),
         "results": results,
@@ -134,9 +135,18 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Run", "", f"- attacks {t['attacks_seconds']:.1f} s, indicators {t['indicators_seconds']:.1f} s",
               f"- model `{report['model'].get('source', '')}` sha256 `{report['model'].get('sha256', '')[:16]}...`",
               f"- suite file `{suite['path']}` sha256 `{suite['sha256'][:16]}...`",
+              _evaluation_line(report.get("evaluation", {})),
               f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "platform"), ""]
     return "\n".join(lines)
+
+
+def _evaluation_line(evaluation: dict) -> str:
+    used = evaluation.get("accelerations") or []
+    if not used:
+        return "- accelerations: none"
+    return (f"- accelerations: {', '.join(used)} (checked against fp32 eager before use; every adversarial "
+            "re-checked in fp32 eager)")
 
 
 def _eps_section(result: dict, n: int, many: bool, per_class: bool) -> list[str]:
