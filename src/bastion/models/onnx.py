@@ -36,7 +36,7 @@ from torch import nn
 from bastion.errors import GradientUnavailable, ModelError, first_line
 from bastion.models.loaded import LoadedModel, device_of
 from bastion.models.onnx_graph import OnnxGraphModule, type_name
-from bastion.models.onnx_ops import OPERATORS
+from bastion.models.onnx_ops import OPERATORS, SIZE_INPUTS
 from bastion.models.onnx_support import MAX_FILE_BYTES, MAX_NODES, MAX_OPSET, MAX_TOTAL_BYTES, MIN_OPSET
 from bastion.models.rows import fixed_chunks
 
@@ -68,14 +68,15 @@ def read_onnx(path: str | Path) -> OnnxModel:
     path = Path(path)
     where = str(path)
     try:
-        size = path.stat().st_size
         if not path.is_file():
             raise ModelError(f"{where}: not a regular file")
-        if size > MAX_FILE_BYTES:
-            raise ModelError(f"{where}: {size} bytes, more than the {MAX_FILE_BYTES} bastion reads from an ONNX file")
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows after a size check
     except OSError as exc:
         raise ModelError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    size = len(raw)
+    if size > MAX_FILE_BYTES:
+        raise ModelError(f"{where}: more than the {MAX_FILE_BYTES} bytes bastion reads from an ONNX file")
     proto = ModelProto()
     try:
         proto.ParseFromString(raw)
@@ -108,7 +109,8 @@ def load_onnx(path: str | Path, *, runtime: bool = False) -> LoadedModel:
 def to_torch(model: OnnxModel) -> nn.Module:
     """The model as torch operations, checked against onnxruntime on a few random inputs."""
     proto = onnx.load_model_from_string(model.data)
-    graph = OnnxGraphModule(proto.graph, model.opset, model.input_name, model.output_name, OPERATORS, model.where)
+    graph = OnnxGraphModule(proto.graph, model.opset, model.input_name, model.output_name, OPERATORS, model.where,
+                            input_shape=model.input_shape, batch=model.batch, size_inputs=SIZE_INPUTS)
     module = ConvertedOnnx(graph, model)
     generator = torch.Generator().manual_seed(0)
     check_conversion(module, torch.rand((LOAD_CHECK_SAMPLES, *model.input_shape), generator=generator))

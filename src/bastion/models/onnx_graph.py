@@ -5,8 +5,18 @@ white-box attacks work on a model that arrived as an ``.onnx`` file.
 checks the file): initializers become parameters (floating point) or buffers, nodes whose inputs
 are all constant are evaluated once at build time (the shape arithmetic exporters emit around
 ``Pad``), and the remaining nodes become a list of steps that :meth:`OnnxGraphModule.forward`
-runs in the graph's order. What each operator does is in :mod:`bastion.models.onnx_ops`; the
-conversion is checked against onnxruntime before use (:func:`bastion.models.onnx.check_conversion`).
+runs in the graph's order.
+
+Sizes computed from the input's shape (``Shape`` -> ``Gather`` -> ``Concat`` -> ``Reshape``, as
+exporters write ``x.view(x.size(0), -1)``) are worked out once, here: every value an operator
+reads as sizes is computed on dummy inputs of three batch sizes, and when it is an affine
+function of the batch size (``a * N + c``, exactly, on all three) it is computed that way from
+then on, as Python integers, and the nodes that computed it are dropped. So ``torch.compile``
+traces the sizes symbolically instead of breaking the graph on a tensor's values, and eager runs
+skip the small tensor arithmetic. Sizes that are not affine stay tensor computations.
+
+What each operator does is in :mod:`bastion.models.onnx_ops`; the conversion is checked against
+onnxruntime before use (:func:`bastion.models.onnx.check_conversion`).
 """
 
 from __future__ import annotations
@@ -98,17 +108,28 @@ class Step:
     run: Callable[..., Any]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    op: str
     node: str  # for errors
 
 
+#: Batch sizes the sizes of a graph with a dynamic batch are worked out on (see the module docstring).
+PROBE_BATCHES = (2, 3, 5)
+
+
 class OnnxGraphModule(nn.Module):
-    """Evaluates one ONNX graph (one float input, one output) with torch operations."""
+    """Evaluates one ONNX graph (one float input, one output) with torch operations.
+
+    ``size_inputs`` names, per operator, the inputs it reads as sizes; ``input_shape`` (after the
+    batch) and ``batch`` (a fixed batch size, or None) are the graph input's.
+    """
 
     def __init__(self, graph: GraphProto, opset: int, input_name: str, output_name: str, operators: dict[str, Builder],
-                 where: str) -> None:
+                 where: str, *, input_shape: tuple[int, ...], batch: int | None,
+                 size_inputs: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
         self.where = where
         self.input_name, self.output_name = input_name, output_name
+        self._sizes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # value name -> (a, c): a * N + c
         self._slots: dict[str, str] = {}  # ONNX value name -> attribute holding a constant
         for proto in graph.initializer:
             self._hold(proto.name, tensor_from_proto(proto, where))
@@ -125,7 +146,7 @@ class OnnxGraphModule(nn.Module):
             missing = [name for name in proto.input if name and name not in known]
             if missing:
                 raise node.error(f"input {missing[0]!r} is not defined by an earlier node, initializer or the input")
-            step = Step(run, tuple(proto.input), tuple(proto.output), node.name)
+            step = Step(run, tuple(proto.input), tuple(proto.output), proto.op_type, node.name)
             if all(not name or name in self._slots for name in proto.input):
                 self._fold(step, node)  # depends on constants only: evaluate once, here
             else:
@@ -133,10 +154,17 @@ class OnnxGraphModule(nn.Module):
             known.update(name for name in proto.output if name)
         if output_name not in known:
             raise ModelError(f"{where}: no node computes the graph output {output_name!r}")
+        self._specialize_sizes(size_inputs, input_shape, batch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)[self.output_name]
+
+    def _run(self, x: torch.Tensor, sizes: bool = True) -> dict[str, Any]:
         values = {name: getattr(self, slot) for name, slot in self._slots.items()}
         values[self.input_name] = x
+        if sizes:
+            n = x.shape[0]
+            values.update({name: tuple(ai * n + ci for ai, ci in zip(a, c)) for name, (a, c) in self._sizes.items()})
         for step in self._steps:
             try:
                 result = step.run(*[values[name] if name else None for name in step.inputs])
@@ -144,7 +172,40 @@ class OnnxGraphModule(nn.Module):
                 raise ModelError(f"{self.where}: node {step.node!r} failed on these inputs "
                                  f"({first_line(exc)})") from None
             _store(values, step, result)
-        return values[self.output_name]
+        return values
+
+    def _specialize_sizes(self, size_inputs: dict[str, tuple[int, ...]], input_shape: tuple[int, ...],
+                          batch: int | None) -> None:
+        consumers: dict[str, set[bool]] = {}  # value -> for each use: is it read as sizes?
+        for step in self._steps:
+            for i, name in enumerate(step.inputs):
+                consumers.setdefault(name, set()).add(i in size_inputs.get(step.op, ()))
+        candidates = {name for name, uses in consumers.items()
+                      if uses == {True} and name not in self._slots and name != self.input_name}
+        if not candidates:
+            return
+        batches = (batch,) * len(PROBE_BATCHES) if batch else PROBE_BATCHES
+        generator = torch.Generator().manual_seed(0)
+        try:
+            with torch.no_grad():
+                runs = [self._run(torch.rand((b, *input_shape), generator=generator), sizes=False) for b in batches]
+        except ModelError:
+            return  # the graph does not run at these batch sizes: keep computing its sizes as it says
+        for name in sorted(candidates):
+            fit = _affine([run[name] for run in runs], batches)
+            if fit is not None:
+                self._sizes[name] = fit
+        if self._sizes:
+            self._drop_dead_steps()
+
+    def _drop_dead_steps(self) -> None:
+        needed = {self.output_name}
+        kept = []
+        for step in reversed(self._steps):
+            if any(name in needed for name in step.outputs if name):
+                kept.append(step)
+                needed.update(name for name in step.inputs if name and name not in self._sizes)
+        self._steps = kept[::-1]
 
     def _hold(self, name: str, tensor: torch.Tensor) -> None:
         slot = f"c{len(self._slots)}"
@@ -167,6 +228,25 @@ class OnnxGraphModule(nn.Module):
         _store(values, step, result)
         for name, value in values.items():
             self._hold(name, value.detach())
+
+
+def _affine(samples: list[Any], batches: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(a, c) with ``sample == a * batch + c`` exactly for every batch size probed, or None."""
+    if not all(isinstance(t, torch.Tensor) and t.dtype in (torch.int64, torch.int32) and t.dim() <= 1
+               and t.shape == samples[0].shape for t in samples):
+        return None
+    values = [t.reshape(-1).tolist() for t in samples]
+    b0, b1 = batches[0], batches[-1]
+    if b0 == b1:  # a fixed batch: constant sizes
+        a = [0] * len(values[0])
+    elif any((y - x) % (b1 - b0) for x, y in zip(values[0], values[-1])):
+        return None
+    else:
+        a = [(y - x) // (b1 - b0) for x, y in zip(values[0], values[-1])]
+    c = [x - ai * b0 for x, ai in zip(values[0], a)]
+    if any([ai * b + ci for ai, ci in zip(a, c)] != v for b, v in zip(batches, values)):
+        return None
+    return tuple(a), tuple(c)
 
 
 def _store(values: dict[str, Any], step: Step, result: Any) -> None:

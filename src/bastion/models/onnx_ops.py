@@ -28,6 +28,10 @@ from bastion.models.onnx_support import SUPPORTED_OPS
 MAX_ELEMENTS = 1 << 28
 
 OPERATORS: dict[str, Builder] = {}
+#: The inputs each operator reads as sizes (through :func:`_ints`), by position. The graph module
+#: may hand these over as tuples of Python ints worked out from the batch size (see onnx_graph).
+SIZE_INPUTS: dict[str, tuple[int, ...]] = {"Reshape": (1,), "Pad": (1, 3), "Slice": (1, 2, 3, 4), "Squeeze": (1,),
+                                           "Unsqueeze": (1,), "ConstantOfShape": (0,), "ReduceMean": (1,)}
 
 
 def _op(*names: str) -> Callable[[Builder], Builder]:
@@ -47,8 +51,11 @@ def _together(*tensors):
     return tuple(None if t is None else t.to(target) for t in tensors)
 
 
-def _ints(tensor: torch.Tensor | None) -> list[int] | None:
-    return None if tensor is None else [int(v) for v in tensor.reshape(-1).tolist()]
+def _ints(value: torch.Tensor | tuple | None) -> list[int] | None:
+    """Sizes from a tensor, or from the tuple the graph module computed (symbolic under torch.compile)."""
+    if value is None or isinstance(value, tuple):
+        return None if value is None else list(value)
+    return [int(v) for v in value.reshape(-1).tolist()]
 
 
 def _bounded(node: Node, shape: list[int]) -> list[int]:
@@ -456,7 +463,8 @@ def _constant_of_shape(node: Node):
         raise node.error("value must hold one element")
 
     def constant_of_shape(shape):
-        return torch.full(_bounded(node, _ints(shape)), fill.item(), dtype=fill.dtype, device=shape.device)
+        device = shape.device if isinstance(shape, torch.Tensor) else None
+        return torch.full(_bounded(node, _ints(shape)), fill.item(), dtype=fill.dtype, device=device)
     return constant_of_shape
 
 
