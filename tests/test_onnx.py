@@ -85,6 +85,21 @@ def test_sizes_computed_from_the_batch_replace_the_shape_arithmetic(tmp_path):
     assert _affine([torch.tensor([1.0, 2.0])] * 3, (2, 3, 5)) is None
 
 
+def test_sizes_that_only_look_affine_on_the_probes_are_computed_as_the_graph_says(tmp_path):
+    # y = x[:Min(N, 5)]: a line through N = 2, 3, 5, not beyond. It must not be taken for N.
+    zero = helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+    five = helper.make_tensor("five", TensorProto.INT64, [1], [5])
+    model = graph_model([helper.make_node("Shape", ["x"], ["shape"]),
+                         helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+                         helper.make_node("Min", ["batch", "five"], ["rows"]),
+                         helper.make_node("Slice", ["x", "zero", "rows", "zero"], ["y"])],
+                        initializers=[zero, five], output_shape=("M", 4))
+    onnx.save(model, tmp_path / "min.onnx")
+    converted = load_model(tmp_path / "min.onnx").module
+    assert converted.graph._sizes == {}
+    assert converted(torch.rand(10, 4)).shape == (5, 4)  # what onnxruntime computes too
+
+
 def test_a_fixed_batch_export_runs_any_batch_size(tmp_path):
     module = SmallResNet().eval()
     converted = load_model(export(module, tmp_path / "fixed.onnx", dynamic_batch=False)).module

@@ -158,8 +158,11 @@ class OnnxRuntimeModule(nn.Module):
 
 def run_on_session(session, model: OnnxModel, x: torch.Tensor) -> torch.Tensor:
     """The session's outputs for ``x`` (on the CPU), in chunks of the graph's fixed batch size if it has one."""
-    outputs = [torch.from_numpy(session.run([model.output_name], {model.input_name: _numpy(chunk)})[0])[:rows]
-               for chunk, rows in fixed_chunks(x, model.batch or max(len(x), 1))]
+    try:
+        outputs = [torch.from_numpy(session.run([model.output_name], {model.input_name: _numpy(chunk)})[0])[:rows]
+                   for chunk, rows in fixed_chunks(x, model.batch or max(len(x), 1))]
+    except Exception as exc:  # onnxruntime's own exception types, for a graph that fails on these inputs
+        raise ModelError(f"{model.where}: onnxruntime fails on {len(x)} inputs ({first_line(exc, 300)})") from None
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -180,8 +180,9 @@ class OnnxGraphModule(nn.Module):
         for step in self._steps:
             for i, name in enumerate(step.inputs):
                 consumers.setdefault(name, set()).add(i in size_inputs.get(step.op, ()))
+        linear = _LinearInBatch(self._steps, set(self._slots))
         candidates = {name for name, uses in consumers.items()
-                      if uses == {True} and name not in self._slots and name != self.input_name}
+                      if uses == {True} and name not in self._slots and name != self.input_name and linear(name)}
         if not candidates:
             return
         batches = (batch,) * len(PROBE_BATCHES) if batch else PROBE_BATCHES
@@ -228,6 +229,46 @@ class OnnxGraphModule(nn.Module):
         _store(values, step, result)
         for name, value in values.items():
             self._hold(name, value.detach())
+
+
+class _LinearInBatch:
+    """Whether a value is, by the operators that compute it, an affine function of the batch size for
+    every batch size, not only the probed ones: sizes read from a shape, then only selected,
+    concatenated, added, subtracted or scaled by constants. (A ``Min(N, 5)`` or a product of two
+    sizes would fit a line on three batch sizes and leave it elsewhere.)"""
+
+    #: operator -> the input positions that may depend on the batch; every other input must be constant
+    _PASS = {"Gather": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Slice": (0,), "Reshape": (0,), "Cast": (0,),
+             "Identity": (0,), "Neg": (0,), "Concat": None, "Add": None, "Sub": None}
+    _SCALE = ("Mul",)  # one input may depend on the batch, the other must be constant
+
+    def __init__(self, steps: list[Step], constants: set[str]) -> None:
+        self._producer = {name: step for step in steps for name in step.outputs if name}
+        self._constants = constants
+        self._memo: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        if name not in self._memo:
+            self._memo[name] = False  # a cycle is not linear (and ONNX graphs have none)
+            self._memo[name] = self._decide(name)
+        return self._memo[name]
+
+    def _decide(self, name: str) -> bool:
+        if name in self._constants:
+            return True
+        step = self._producer.get(name)
+        if step is None:
+            return False  # the graph input: data, not sizes
+        if step.op == "Shape":
+            return True
+        inputs = [n for n in step.inputs if n]
+        if step.op in self._SCALE:
+            return sum(n not in self._constants for n in inputs) <= 1 and all(self(n) for n in inputs)
+        if step.op not in self._PASS:
+            return False
+        varying = self._PASS[step.op]
+        return all(self(n) if varying is None or i in varying else n in self._constants
+                   for i, n in enumerate(step.inputs) if n)
 
 
 def _affine(samples: list[Any], batches: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
