@@ -7,9 +7,9 @@ checkpoints and the re-check of every adversarial that counts
 (:mod:`~bastion.evaluation.runner`), the attack-failure indicators, the report
 (``bastion.bench.report/1``: :mod:`~bastion.evaluation.report`, plots beside it, its
 numbers and intervals in :mod:`~bastion.evaluation.report_format` and
-:mod:`~bastion.evaluation.intervals`), the comparison of two reports
-(:mod:`~bastion.evaluation.compare`) and JUnit XML (:mod:`~bastion.evaluation.junit`). May
-import the bottom layer, ``models`` and ``attacks``; never ``defenses``, ``access`` or
+:mod:`~bastion.evaluation.intervals`), reading reports back and comparing two
+(:mod:`~bastion.evaluation.report_reader`, :mod:`~bastion.evaluation.compare`) and JUnit
+XML (:mod:`~bastion.evaluation.junit`). May import the bottom layer, ``models`` and ``attacks``; never ``defenses``, ``access`` or
 ``cli`` (the access layer reads reports by their schema, not through this package). A
 distributed executor builds on :class:`RunState` (``BenchInputs.shard`` + ``run_suite``
 per shard, then :meth:`RunState.merge`).
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 #: Public name -> the module that defines it. Imported on first use (PEP 562), so that the
 #: torch-free parts (reading and comparing reports: ``compare``, ``intervals``, ``junit``,
-#: ``report_format``) can be used without importing torch.
+#: ``report_format``, ``report_reader``) can be used without importing torch.
 _EXPORTS = {"benchmark": "bench", "BenchInputs": "inputs", "run_suite": "runner", "Fingerprint": "state",
             "Indicator": "state", "RunState": "state", "Unit": "state", "AttackSpec": "suite", "Suite": "suite",
             "load_suite": "suite", "compare_runs": "compare"}
