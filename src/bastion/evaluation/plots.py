@@ -109,7 +109,7 @@ def _per_class(plt, report: dict):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     gap = result["class_gap"].get("robust", {})
     interval = gap.get("gap_ci")
-    shown = f" [{100 * interval['low']:.0f}, {100 * interval['high']:.0f}]%" if interval else ""
+    shown = f", 95% CI [{100 * interval['low']:.0f}, {100 * interval['high']:.0f}]%" if interval else ""
     ax.set_title(_title(report, f"Per-class accuracy (robust best-worst gap {gap.get('gap', 0.0):.1%}{shown})"))
     return fig
 
