@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +41,7 @@ from bastion.access.tokens import issue_token, new_jti
 from bastion.data import load_data
 from bastion.models.zoo import zoo_path
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 REPORT = Path(__file__).parent / "data" / "mnist-cnn-robust-quick-20.report.json"
 ISS = "https://auth.test"
 AUD = "bastion-gateway"
@@ -284,3 +289,26 @@ def wait_in_flight(url: str, count: int, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} request(s) never got in flight")
         time.sleep(0.02)
+
+
+def start_serve_process(args: list[str], log_path: Path, env: dict[str, str] | None = None
+                        ) -> tuple[subprocess.Popen, int]:
+    """``bastion serve ARGS`` as a real process (stdout and stderr to ``log_path``); (process, port) once listening."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", "serve", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"bastion serve exited {proc.returncode}: {text}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("bastion serve did not start")
+
