@@ -19,7 +19,8 @@ The buckets and spent one-time jti values live in a :class:`SharedState`. When i
 answer (a shared Redis down), the request is refused with 503 and ``Retry-After``; the
 policy's ``[state] on_error = "open"`` lets requests past the rate limits instead, never
 past the one-time-jti check. With a state that waits on a network, callers on an event
-loop use :meth:`Authorizer.authorize_async`, which decides in a thread.
+loop use :meth:`Authorizer.authorize_async`, which decides in a thread (also when an issuer's keys
+come from a JWKS URL, whose refetch for an unknown kid waits on the key server).
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ class Authorizer:
         self.needs_state = policy.one_time_jti or not self.rate_limits_fail_open
         if policy.one_time_jti:  # one-time jti values live in the shared state too, so replicas agree
             policy.replay_guard = StateReplayGuard(self.state)
-        # Threads that wait on the state's network for the event loop; idle ones cost nothing.
+        # Threads that wait on a network (the shared state's, or a key server's JWKS refetch) for the
+        # event loop; idle ones cost nothing.
         self._threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bastion-state") \
-            if self.state.blocking else None
+            if self.state.blocking or policy.verifier.fetches_keys else None
 
     async def authorize_async(self, authorization: str | None, client: str, action: str,
                               model: str | None) -> AuthOutcome:
@@ -97,7 +99,7 @@ class Authorizer:
         return await self.off_loop(self.authorize, authorization, client, action, model)
 
     async def off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)``, in a thread when the state waits on a network, else right here."""
+        """``function(*args)``, in a thread when the state or the key source waits on a network, else here."""
         if self._threads is None:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
