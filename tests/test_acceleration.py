@@ -195,6 +195,8 @@ def test_bench_cli_takes_the_flags_and_a_refusal_is_one_line(tmp_path, monkeypat
     refused = CliRunner().invoke(main, ["bench", "--model", "mnist-cnn", "--suite", "quick", "--n", "6", "--bf16",
                                         "--out", str(tmp_path / "r2")])
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and "--bf16" in refused.stderr
+    compared = CliRunner().invoke(main, ["bench", "--compare", str(tmp_path / "r"), str(tmp_path / "r"), "--compile"])
+    assert compared.exit_code == 2 and "--compile" in compared.stderr  # it applies to a run, not to --compare
 
 
 @pytest.mark.slow

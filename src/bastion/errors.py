@@ -87,6 +87,19 @@ class ModelRefused(VerificationError):
         self.kind = kind
 
 
+class ServiceUnavailable(BastionError):
+    """A service bastion depends on (the gateway's shared state in Redis) is unreachable or answered in error.
+
+    Whatever needed it is refused, never allowed: the gateway answers 503 with ``Retry-After``.
+    ``operation`` names what failed; ``retry_after`` is when trying again makes sense, in seconds.
+    """
+
+    def __init__(self, message: str, operation: str = "", retry_after: float = 1.0):
+        super().__init__(message)
+        self.operation = operation
+        self.retry_after = retry_after
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """``Type: first line of the message``, for one-line errors that wrap another library's exception."""
     lines = str(exc).strip().splitlines()

@@ -30,6 +30,10 @@ def models(as_json: bool) -> None:
         click.echo(line)
 
 
+#: The parameter names of :func:`acceleration_options` (options that apply to a run, not to --compare).
+ACCELERATION_PARAMS = ("use_compile", "channels_last", "bf16", "onnx_runtime")
+
+
 def acceleration_options(command):
     """--compile, --channels-last, --bf16 and --onnx-runtime, for the commands that attack a model."""
     options = [

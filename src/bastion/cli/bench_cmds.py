@@ -1,4 +1,4 @@
-"""`bastion bench`: run an attack suite and report worst-case robust accuracy."""
+"""`bastion bench`: run an attack suite and report worst-case robust accuracy; gate on it; compare two runs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.attack_cmds import acceleration_from, acceleration_options, check_onnx_runtime, parse_eps
+from bastion.cli.attack_cmds import (ACCELERATION_PARAMS, acceleration_from, acceleration_options, check_onnx_runtime,
+                                     parse_eps)
+from bastion.cli.bench_checks import (COMPARE_ONLY, RUN_ONLY, Gate, compare_and_print, given_options,
+                                      parse_tolerance)
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
                                 seed_option, weights_option)
 from bastion.cli.progress import BenchProgress, Progress
 from bastion.errors import UsageError
+from bastion.evaluation.report_format import accuracy_text, interval_text, percent
 
 #: Samples `bastion bench` attacks by default. Measured: the standard suite on
 #: mnist-cnn-robust costs about 2.5 CPU-seconds per sample that survives APGD-CE
@@ -37,23 +41,63 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without redoing finished attacks.")
 @click.option("--batch-size", type=int, default=None, help="Attack batch size (default: each attack's own).")
 @click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
+@click.option("--require", "requirement", metavar="EXPR",
+              help='CI gate: exit 1 unless the run meets EXPR, e.g. "robust_accuracy[0.3] >= 0.85 and flags == 0" '
+                   "(the grammar of `bastion verify --require`); the report is written either way.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
+              help="Write JUnit XML for CI: a test case per --require clause and per attack-failure indicator "
+                   "(with --compare: per compared accuracy).")
+@click.option("--compare", "compare_pair", nargs=2, type=click.Path(), metavar="RUN_A RUN_B",
+              help="Run nothing: compare two finished runs (run directories or report.json files), B against A.")
+@click.option("--require-no-regression", is_flag=True,
+              help="With --compare: exit 1 if B's clean accuracy or its robust accuracy at any eps both measured "
+                   "is below A's by more than --tolerance.")
+@click.option("--tolerance", default="0", show_default=True,
+              help="With --compare: the accuracy drop that is not yet a regression (a fraction or a percentage: "
+                   "0.01 or 1%).")
+@click.option("--allow-different-data", is_flag=True,
+              help="With --compare: compare reports measured on different data (accuracies only).")
+@click.option("--allow-different-suite", is_flag=True,
+              help="With --compare: compare reports of different attacks or attack parameters.")
 @acceleration_options
 @json_option
 @quiet_option
 @seed_option
 @device_option
-def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, use_compile,
-          channels_last, bf16, onnx_runtime, as_json, quiet, seed, device):
+@click.pass_context
+def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, requirement,
+          junit_path, compare_pair, require_no_regression, tolerance, allow_different_data, allow_different_suite,
+          use_compile, channels_last, bf16, onnx_runtime, as_json, quiet, seed, device):
     """Benchmark a model's robustness with an attack suite (worst case per sample).
 
     With no options: the bundled robust MNIST model, the standard (AutoAttack) suite,
-    the first 100 bundled test images. Writes report.json, report.md and PNG plots.
+    the first 100 bundled test images. Writes report.json, report.md and PNG plots;
+    every accuracy comes with its 95% confidence interval.
+
+    \b
+    Gate a CI job on the result (exit 1 when unmet, 2 for a malformed requirement):
+      bastion bench --suite quick --require "robust_accuracy[0.3] >= 0.85 and flags == 0" --junit bench.xml
+    Compare two runs (exit 1 under --require-no-regression if B is worse):
+      bastion bench --compare runs/main runs/branch --require-no-regression
     """
+    if compare_pair:
+        clash = given_options(ctx, RUN_ONLY + ACCELERATION_PARAMS)
+        if clash:
+            raise UsageError(f"--compare reads two finished runs; drop {', '.join(clash)} (they apply to a run)")
+        compare_and_print(compare_pair, tolerance=parse_tolerance(tolerance),
+                          allow_different_data=allow_different_data, allow_different_suite=allow_different_suite,
+                          require_no_regression=require_no_regression, junit_path=junit_path, as_json=as_json,
+                          quiet=quiet)
+        return
     from bastion.data import load_data
     from bastion.evaluation import benchmark, load_suite
     from bastion.evaluation.bench import CHECKPOINT
     from bastion.models import load_model
 
+    clash = given_options(ctx, COMPARE_ONLY)
+    if clash:
+        raise UsageError(f"{', '.join(clash)} appl{'y' if len(clash) > 1 else 'ies'} with --compare RUN_A RUN_B only")
+    gate = Gate.parse(requirement, junit_path)
     if n is not None and n <= 0:
         raise UsageError("--n must be positive")
     if batch_size is not None and batch_size <= 0:
@@ -64,6 +108,7 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     suite = load_suite(suite_ref)
     if eps:
         suite = suite.with_eps(parse_eps(eps))
+    gate.check_measurable(suite.epsilons)
     dev = pick_device(device)
     forward_only = all(spec.family != "white-box" for spec in suite.attacks)  # runs an ONNX model on onnxruntime
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code,
@@ -93,10 +138,15 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
         report = benchmark(loaded, data, suite, out_dir=out, seed=seed, resume=resume, batch_size=batch_size,
                            on_event=BenchProgress(progress), command=command,
                            acceleration=acceleration_from(use_compile, channels_last, bf16))
+    outcomes = gate.judge(report)
+    gate.write_junit(report, out, outcomes)
     if as_json:
-        emit_json(_json_summary(report, out, notes))
+        emit_json({**_json_summary(report, out, notes), **gate.summary(outcomes, report)})
     elif not quiet:
         _print_summary(report, out)
+        for line in gate.lines(outcomes, report):
+            click.echo(line)
+    gate.exit_if_unmet(outcomes, out)
 
 
 def _default_model(notes: list[str]) -> str:
@@ -118,6 +168,7 @@ SUMMARY_ATTACK_KEYS = ("attack", "attacked", "broken_first", "seconds", "queries
 def _json_summary(report: dict, out: Path, notes: list[str]) -> dict:
     return {**report["summary"], "out": str(out), "notes": notes,
             "results": [{"eps": r["eps"], "robust_accuracy": r["robust_accuracy"],
+                         "robust_accuracy_ci": r["robust_accuracy_ci"],
                          "attacks": [{k: a[k] for k in SUMMARY_ATTACK_KEYS} for a in r["attacks"]],
                          "class_gap": r["class_gap"]} for r in report["results"]],
             "indicators": [{k: i[k] for k in ("key", "status", "finding")} for i in report["indicators"]],
@@ -126,13 +177,14 @@ def _json_summary(report: dict, out: Path, notes: list[str]) -> dict:
 
 def _print_summary(report: dict, out: Path) -> None:
     s = report["summary"]
-    click.echo(f"{s['model']}: {s['n']} samples of {report['data']['name']}, suite {s['suite']} ({s['norm']})")
+    click.echo(f"{s['model']}: {s['n']} samples of {report['data']['name']}, suite {s['suite']} ({s['norm']}); "
+               "95% confidence intervals (Clopper-Pearson)")
     used = report["evaluation"]["accelerations"]
     if used:
         click.echo(f"  accelerations: {', '.join(used)} (agree with fp32 eager; adversarials re-checked in fp32 eager)")
-    click.echo(f"  clean accuracy            {s['clean_accuracy']:.2%}")
+    click.echo(f"  clean accuracy            {accuracy_text(s['clean_accuracy'], s['clean_accuracy_ci'])}")
     for r in report["results"]:
-        click.echo(f"  robust accuracy eps {r['eps']:<6g}{r['robust_accuracy']:.2%}")
+        click.echo(f"  robust accuracy eps {r['eps']:<6g}{accuracy_text(r['robust_accuracy'], r['robust_accuracy_ci'])}")
     last = report["results"][-1]
     for a in last["attacks"]:
         failed = f"  FAILED: {a['error']}" if a.get("error") else ""
@@ -140,8 +192,9 @@ def _print_summary(report: dict, out: Path) -> None:
                    f"{a['seconds']:7.1f} s{failed}")
     gap = last["class_gap"].get("robust")
     if gap:
-        click.echo(f"  per-class robust accuracy gap {gap['gap']:.2%} (best class {gap['best_class']}, "
-                   f"worst {gap['worst_class']})")
+        click.echo(f"  per-class robust accuracy gap {percent(gap['gap'])} (95% CI "
+                   f"{interval_text(gap['gap_ci'], signed=True)}; best class {gap['best_class']}, "
+                   f"worst {gap['worst_class']}, picked after the fact)")
     fired = [i for i in report["indicators"] if i["status"] == "fired"]
     checked = sum(1 for i in report["indicators"] if i["status"] != "skipped")
     click.echo(f"  attack-failure indicators: {len(fired)} fired of {checked} checked")
