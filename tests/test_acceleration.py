@@ -88,6 +88,26 @@ def test_a_compiled_model_that_disagrees_is_refused(monkeypatch):
         accelerate(model, x, Acceleration(compile=True))
 
 
+class _FlippedGradient(torch.autograd.Function):
+    """The identity forward, the negated gradient backward: what a miscompiled backward pass could give."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def test_a_compiled_model_whose_gradients_differ_from_eager_is_refused(monkeypatch):
+    model = linear_model()
+    x = torch.rand(50, 1, 4, 4)
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: lambda inputs: module(_FlippedGradient.apply(inputs)))
+    with pytest.raises(ModelError, match=r"--compile: input gradients differ from fp32 eager under it \(max difference"):
+        accelerate(model, x, Acceleration(compile=True))
+
+
 def test_a_compiler_failure_and_a_missing_compiler_are_one_line(monkeypatch):
     model = linear_model()
     x = torch.rand(8, 1, 4, 4)

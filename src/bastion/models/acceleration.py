@@ -6,7 +6,8 @@ All three are opt-in, and none decides what a benchmark counts:
   then bf16, then compile) and after each predicts the evaluated samples: the accelerated model
   must agree with the fp32 eager one on at least :data:`MIN_AGREEMENT` (99.9%) of them, else it
   refuses with one line naming the option (no silent fallback: a run asked to be accelerated
-  either is, or says why not). A model that gives input gradients must still give finite ones.
+  either is, or says why not). A model that gives input gradients must still give them, finite
+  and matching eager's (within a tolerance; under bf16, in direction).
 - **Re-checked in fp32 eager.** :class:`AcceleratedModule` keeps the untouched module as
   :attr:`~AcceleratedModule.reference`; :func:`reference_of` returns it, and the benchmark's
   re-check of every adversarial (:func:`bastion.evaluation.runner.confirm_adversarial`) and its
@@ -41,6 +42,10 @@ MIN_AGREEMENT = 0.999
 MIN_COMPILED_BATCH = 16
 #: Samples the gradient check runs on (it also compiles the gradient graph before the attacks start).
 GRADIENT_CHECK_SAMPLES = 16
+#: Largest input-gradient difference from fp32 eager under compile or channels-last, relative to the largest gradient.
+GRADIENT_TOLERANCE = 1e-3
+#: Least cosine between bf16 and fp32 eager input gradients (the direction the attacks step along).
+MIN_BF16_GRADIENT_COSINE = 0.9
 #: The options in the order they are applied and checked.
 ORDER = ("channels-last", "bf16", "compile")
 
@@ -166,9 +171,12 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _check_gradients(reference: nn.Module, accelerated: nn.Module, x: torch.Tensor, flags: str) -> None:
-    """A model that gives input gradients must still give finite ones once accelerated."""
-    if not len(x) or _input_gradient(reference, x) is None:
+def _check_gradients(reference: nn.Module, accelerated: AcceleratedModule, x: torch.Tensor, flags: str) -> None:
+    """A model that gives input gradients must still give them once accelerated: finite, and in fp32
+    (compile, channels-last) equal to eager's within :data:`GRADIENT_TOLERANCE` of their scale.
+    bfloat16 keeps 8 bits of mantissa, so under ``--bf16`` only the direction is asked to survive."""
+    eager = _input_gradient(reference, x) if len(x) else None
+    if eager is None:
         return  # no gradient to keep (a forward-only model): the attacks' own handling applies
     try:
         grad = _input_gradient(accelerated, x, strict=True)
@@ -176,6 +184,15 @@ def _check_gradients(reference: nn.Module, accelerated: nn.Module, x: torch.Tens
         raise ModelError(f"{flags}: the model gives no input gradient under it ({first_line(exc)})") from None
     if not torch.isfinite(grad).all():
         raise ModelError(f"{flags}: input gradients are not finite under it; run without {flags}")
+    if accelerated.acceleration.bf16:
+        cosine = nn.functional.cosine_similarity(grad.flatten(), eager.flatten(), dim=0, eps=1e-12)
+        agrees, what = bool(cosine >= MIN_BF16_GRADIENT_COSINE), f"cosine {float(cosine):.3f} to eager's"
+    else:
+        difference = float((grad - eager).abs().max())
+        agrees = difference <= GRADIENT_TOLERANCE * max(float(eager.abs().max()), 1e-12)
+        what = f"max difference {difference:.2e} from eager's"
+    if not agrees:
+        raise ModelError(f"{flags}: input gradients differ from fp32 eager under it ({what}); run without {flags}")
 
 
 def _input_gradient(model: nn.Module, x: torch.Tensor, strict: bool = False) -> torch.Tensor | None:
