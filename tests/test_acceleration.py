@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from bench_helpers import linear_model, loaded, self_labelled, write_suite
+from bench_helpers import Reversed, linear_model, loaded, self_labelled, write_suite
 from click.testing import CliRunner
 from torch import nn
 
@@ -88,22 +88,10 @@ def test_a_compiled_model_that_disagrees_is_refused(monkeypatch):
         accelerate(model, x, Acceleration(compile=True))
 
 
-class _FlippedGradient(torch.autograd.Function):
-    """The identity forward, the negated gradient backward: what a miscompiled backward pass could give."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -grad
-
-
 def test_a_compiled_model_whose_gradients_differ_from_eager_is_refused(monkeypatch):
     model = linear_model()
     x = torch.rand(50, 1, 4, 4)
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: lambda inputs: module(_FlippedGradient.apply(inputs)))
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Reversed(module))  # a miscompiled backward
     with pytest.raises(ModelError, match=r"--compile: input gradients differ from fp32 eager under it \(max difference"):
         accelerate(model, x, Acceleration(compile=True))
 
