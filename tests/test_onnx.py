@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
+from bench_helpers import write_suite
 from onnx_helpers import LINEAR_BIAS, LINEAR_WEIGHT, Mixed, SmallResNet, export, graph_model, linear_graph
 
 from bastion.attacks import get_attack
@@ -161,6 +162,22 @@ def test_bench_on_an_onnx_bundle_records_the_conversion_check(tmp_path, zoo_onnx
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     [check] = report["evaluation"]["checks"]
     assert check["check"] == "onnx conversion against onnxruntime" and check["samples"] == 8
+
+
+def test_bench_runs_a_forward_only_suite_on_onnxruntime_and_flags_gradient_attacks_there(tmp_path, zoo_onnx):
+    square = write_suite(tmp_path / "square.toml", '\n[[attack]]\nname = "square"\nn_queries = 30\n')
+    black = CliRunner().invoke(main, ["bench", "--model", str(zoo_onnx), "--suite", square, "--n", "6",
+                                      "--out", str(tmp_path / "black"), "--quiet"])
+    assert black.exit_code == 0, black.output
+    report = json.loads((tmp_path / "black" / "report.json").read_text())
+    assert report["evaluation"]["checks"] == []  # nothing converted: onnxruntime itself is attacked
+    assert not report["results"][0]["attacks"][0].get("error")
+    white = CliRunner().invoke(main, ["bench", "--model", str(zoo_onnx), "--suite", "quick", "--n", "6",
+                                      "--onnx-runtime", "--out", str(tmp_path / "white"), "--quiet"])
+    assert white.exit_code == 0, white.output
+    report = json.loads((tmp_path / "white" / "report.json").read_text())
+    assert all("no input gradients" in a["error"] for a in report["results"][0]["attacks"])
+    assert "gradients" in report["summary"]["indicators_fired"]
 
 
 def test_an_onnx_bundle_is_signed_and_loaded_verified_like_others(tmp_path, zoo_onnx):
