@@ -1,0 +1,163 @@
+"""Benchmarks on a real local Ray cluster started here (2 CPUs): the same per-sample outcomes as the
+local runner with the same shard layout, signed bundles verified by every worker, a worker killed
+mid-shard retried, and a killed driver resumed without redoing finished shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_bench_shards import comparable
+
+from bastion.access.keys import generate_private_key, write_keypair
+from bastion.access.signing import sign_model
+from bastion.cli import main
+from bastion.data import load_data
+from bastion.errors import VerificationError
+from bastion.evaluation import benchmark, load_suite
+from bastion.models.zoo import zoo_path
+
+ray = pytest.importorskip("ray", reason='the Ray tests need the extra: pip install "bastion[ray]"')
+
+from bastion.distributed import ModelSource, RayExecutor  # noqa: E402
+from bastion.distributed.ray_executor import FAULT_ENV  # noqa: E402
+
+N, SHARD = 12, 4  # 3 shards
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short temp dir: Ray's socket paths live under it and must stay below the OS limit.
+    folder = tempfile.mkdtemp(prefix="bray-")
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=folder, log_to_driver=False)
+            break
+        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, which a loaded machine can miss
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """A signed copy of the zoo's mnist-cnn bundle and the public key it verifies under."""
+    root = tmp_path_factory.mktemp("signed")
+    bundle = root / "mnist-cnn"
+    shutil.copytree(zoo_path("mnist-cnn"), bundle)
+    key = generate_private_key("ec-p256")
+    _, public = write_keypair(root / "release", key)
+    sign_model(bundle, key)
+    return bundle, public
+
+
+@pytest.fixture(scope="module")
+def workload():
+    # eps 0.1 on the non-robust model: some samples fall to FGSM, some to PGD (random start), some survive.
+    return load_data("mnist", "test").take(N), load_suite("quick").with_eps([0.1])
+
+
+@pytest.fixture(scope="module")
+def local_report(signed, workload):
+    bundle, public = signed
+    data, suite = workload
+    return benchmark(ModelSource.resolve(str(bundle), verify_key=public).load(), data, suite, shard_size=SHARD)
+
+
+def test_ray_gives_the_local_runners_per_sample_outcomes_and_workers_verify(cluster, signed, workload,
+                                                                            local_report):
+    bundle, public = signed
+    data, suite = workload
+    source = ModelSource.resolve(str(bundle), verify_key=public)
+    executor = RayExecutor(source, workers=2)
+    report = benchmark(source.load(), data, suite, shard_size=SHARD, executor=executor)
+    assert comparable(report) == comparable(local_report)
+    robust = report["results"][0]["robust_indices"]
+    assert 0 < len(robust) < N and all(a["broken_first"] for a in report["results"][0]["attacks"])
+
+    execution = report["execution"]
+    assert execution["executor"] == "ray" and execution["address"] == cluster
+    assert execution["model_verified_by_workers"] is True and len(execution["workers"]) == 2
+    assert [(s["start"], s["stop"], s["seed"]) for s in execution["shards"]] == [
+        (s["start"], s["stop"], s["seed"]) for s in local_report["execution"]["shards"]]
+    workers = {(w["host"], w["pid"]) for w in execution["workers"]}
+    assert {(s["host"], s["pid"]) for s in execution["shards"]} <= workers
+    assert os.getpid() not in {pid for _, pid in workers}  # they ran in the actors, not here
+
+
+def test_workers_refuse_bytes_that_no_longer_verify(cluster, signed, workload, tmp_path):
+    bundle, public = signed
+    copy = tmp_path / "mnist-cnn"
+    shutil.copytree(bundle, copy)
+    source = ModelSource.resolve(str(copy), verify_key=public)
+    model = source.load()  # the driver verified and loaded it; then the weights change on disk
+    weights = copy / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    data, suite = workload
+    with pytest.raises(VerificationError):
+        benchmark(model, data, suite, shard_size=SHARD, executor=RayExecutor(source, workers=1))
+
+
+def test_a_worker_killed_mid_shard_is_retried_and_the_run_finishes(cluster, signed, workload, local_report,
+                                                                   tmp_path):
+    bundle, public = signed
+    data, suite = workload
+    marker = tmp_path / "killed"
+    source = ModelSource.resolve(str(bundle), verify_key=public)
+    executor = RayExecutor(source, workers=1, env={FAULT_ENV: str(marker)})
+    report = benchmark(source.load(), data, suite, shard_size=SHARD, executor=executor)
+    assert marker.is_file(), "no worker was killed"
+    assert comparable(report) == comparable(local_report)
+    assert len(report["execution"]["shards"]) == N // SHARD
+
+
+SLOW_SUITE = 'name = "slow"\nnorm = "linf"\neps = 0.02\n[[attack]]\nname = "pgd"\nsteps = 60\n'
+
+
+def test_a_killed_driver_resumes_without_redoing_finished_shards(cluster, tmp_path):
+    suite = tmp_path / "slow.toml"
+    suite.write_text(SLOW_SUITE)
+    out = tmp_path / "run"
+    args = ["bench", "--model", "mnist-cnn", "--suite", str(suite), "--n", "8", "--shard-size", "2",
+            "--executor", "ray", "--address", cluster, "--workers", "1", "--out", str(out)]
+    driver = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", *args, "--quiet"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    folder = out / "shards"
+    deadline = time.time() + 90
+    while time.time() < deadline and driver.poll() is None and not list(folder.glob("shard-*.json")):
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = {p.name: p.read_bytes() for p in folder.glob("shard-*.json")}
+    assert 1 <= len(finished) < 4, "the driver should have been killed after its first shard"
+    assert not (out / "report.json").exists()
+
+    resumed = CliRunner().invoke(main, [*args, "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    report = json.loads((out / "report.json").read_text())
+    shards = report["execution"]["shards"]
+    before = {json.loads(raw)["shard"]["index"]: json.loads(raw)["worker"]["pid"] for raw in finished.values()}
+    assert [s["from_checkpoint"] for s in shards] == [s["index"] in before for s in shards]
+    assert all(s["pid"] == before[s["index"]] for s in shards if s["from_checkpoint"])
+    assert {p.name: p.read_bytes() for p in folder.glob("shard-*.json") if p.name in finished} == finished
+    assert json.loads(resumed.stdout)["execution"]["from_checkpoint"] == len(finished)
+
+    local = CliRunner().invoke(main, [*args[:9], "--out", str(tmp_path / "local"), "--quiet"])
+    assert local.exit_code == 0, local.output
+    assert comparable(report) == comparable(json.loads((tmp_path / "local" / "report.json").read_text()))
