@@ -9,9 +9,10 @@ run through one suite three ways, with the same shard layout and seeds:
 
 Each configuration runs --repeats times, interleaved (local, ray-1, ray-2, then again in the
 other order), and the table shows medians. Throughput is samples per second of the shard phase:
-from the first shard handed to a worker to the last one back, so worker start-up (a new process
-importing torch and loading the model, paid once per run however many shards follow) and the
-indicators (computed once on the driver after the merge) are left out; both are shown beside it.
+from the first shard handed out (here only once every worker is up) to the last one back, so
+worker start-up (a new process importing torch and loading the model, paid once per run however
+many shards follow) and the indicators (computed once on the driver after the merge) are left
+out; both are shown beside it.
 The per-sample outcomes of the three must be identical (the script checks it on every repeat).
 
 Ratios: ray-2 / ray-1 (floor on a 2-core machine: 1.7) and its efficiency against the ideal
@@ -31,20 +32,18 @@ printed is one JSON object: {"bench": {...}, ...}, one key per part.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 
 from bastion.data import load_data
-from bastion.distributed import ModelSource, RayExecutor, import_ray
+from bastion.distributed import ModelSource, RayExecutor, import_ray, local_cluster
 from bastion.evaluation import BenchInputs, load_suite
 from bastion.evaluation.executors import LocalExecutor, ShardFinished, ShardStarted, run_sharded
 from bastion.evaluation.shards import ShardLayout
@@ -88,69 +87,72 @@ def bench_part(args) -> dict:
     layout = ShardLayout.contiguous(len(data), args.shard_size, args.seed)
     counts = [int(w) for w in args.workers_list.split(",")]
     configs: dict[str, Callable[[], object]] = {"local": LocalExecutor}
-    configs.update({f"ray-{k}": (lambda k=k: RayExecutor(source, workers=k, address=args.address)) for k in counts})
-
-    ray = import_ray()
-    temp = None
-    if args.address is None:
-        temp = tempfile.mkdtemp(prefix="bscale-")  # short: Ray's socket paths live under it
-        ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    else:
-        ray.init(address=args.address, log_to_driver=False)
-    runs: dict[str, list[dict]] = {name: [] for name in configs}
-    reference = None
-    try:
-        for repeat in range(args.repeats):
-            order = list(configs) if repeat % 2 == 0 else list(reversed(configs))
-            for name in order:
-                clock = ShardClock()
-                began = time.perf_counter()
-                run = run_sharded(inputs, suite, layout, configs[name](), seed=args.seed, on_event=clock)
-                wall = time.perf_counter() - began
-                if reference is None:
-                    reference = outcomes(run.state)
-                elif outcomes(run.state) != reference:
-                    raise SystemExit(f"{name}: per-sample outcomes differ from the first run's (repeat {repeat + 1})")
-                runs[name].append({"shard_seconds": clock.seconds, "wall_seconds": wall,
-                                   "indicator_seconds": run.state.indicator_seconds,
-                                   "workers": run.record()["processes"]})
-                print(f"  repeat {repeat + 1} {name:<8} shards {clock.seconds:7.2f} s  wall {wall:7.2f} s",
-                      file=sys.stderr, flush=True)
-    finally:
-        ray.shutdown()
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
-
-    table = {}
-    for name, samples in runs.items():
-        seconds = statistics.median(s["shard_seconds"] for s in samples)
-        wall = statistics.median(s["wall_seconds"] for s in samples)
-        table[name] = {"samples_per_second": len(data) / seconds if seconds else None, "shard_seconds": seconds,
-                       "wall_seconds": wall, "startup_and_indicators_seconds": wall - seconds,
-                       "workers": samples[0]["workers"]}
-    print(f"\n{len(data)} samples in {len(layout.shards)} shards of {layout.size}, suite {suite.name}, "
+    configs.update({f"ray-{k}": (lambda k=k: RayExecutor(source, workers=k, address=args.address, wait_for_workers=True)) for k in counts})
+    with ExitStack() as stack:
+        if args.address is None:
+            stack.enter_context(local_cluster(args.cpus))
+        else:
+            ray = import_ray()
+            ray.init(address=args.address, log_to_driver=False)
+            stack.callback(ray.shutdown)
+        runs = measure(configs, inputs, suite, layout, args)
+    table = {name: median_row(samples, layout.n) for name, samples in runs.items()}
+    print(f"\n{layout.n} samples in {len(layout.shards)} shards of {layout.size}, suite {suite.name}, "
           f"model {args.model}, {args.repeats} repeat(s), medians:")
     print(f"{'run':<10}{'samples/s':>12}{'shard phase s':>15}{'wall s':>10}")
     for name, row in table.items():
         print(f"{name:<10}{row['samples_per_second']:>12.2f}{row['shard_seconds']:>15.2f}{row['wall_seconds']:>10.2f}")
-    ratios = {}
-    one = table.get("ray-1")
-    for k in counts:
-        if k != 1 and one and table[f"ray-{k}"]["samples_per_second"]:
-            ratio = table[f"ray-{k}"]["samples_per_second"] / one["samples_per_second"]
-            ratios[f"ray_{k}_vs_ray_1"] = ratio
-            ratios[f"ray_{k}_efficiency"] = ratio / k
-    if one:
-        ratios["ray_1_vs_local"] = one["samples_per_second"] / table["local"]["samples_per_second"]
+    ratios = scaling_ratios(table, counts)
     floor = ratios.get("ray_2_vs_ray_1")
     if floor is not None:
         verdict = "pass" if floor >= FLOOR_TWO_WORKERS else "FAIL"
         print(f"ray-2 / ray-1 = {floor:.2f}x (efficiency {floor / 2:.0%}; floor {FLOOR_TWO_WORKERS}x): {verdict}")
-    return {"n": len(data), "shard_size": layout.size, "shards": len(layout.shards), "suite": suite.name,
+    return {"n": layout.n, "shard_size": layout.size, "shards": len(layout.shards), "suite": suite.name,
             "model": args.model, "repeats": args.repeats, "cpu_count": os.cpu_count(), "identical_outcomes": True,
             "runs": table, "ratios": ratios, "floor_two_workers": FLOOR_TWO_WORKERS,
-            "floor_met": None if floor is None else floor >= FLOOR_TWO_WORKERS,
-            "load_average": os.getloadavg()}
+            "floor_met": None if floor is None else floor >= FLOOR_TWO_WORKERS, "load_average": os.getloadavg()}
+
+
+def measure(configs, inputs, suite, layout, args) -> dict[str, list[dict]]:
+    """Every configuration --repeats times, interleaved; stops if the per-sample outcomes ever differ."""
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
+    reference = None
+    for repeat in range(args.repeats):
+        for name in list(configs) if repeat % 2 == 0 else list(reversed(configs)):
+            clock = ShardClock()
+            began = time.perf_counter()
+            run = run_sharded(inputs, suite, layout, configs[name](), seed=args.seed, on_event=clock)
+            wall = time.perf_counter() - began
+            if reference is None:
+                reference = outcomes(run.state)
+            elif outcomes(run.state) != reference:
+                raise SystemExit(f"{name}: per-sample outcomes differ from the first run's (repeat {repeat + 1})")
+            runs[name].append({"shard_seconds": clock.seconds, "wall_seconds": wall,
+                               "workers": run.record()["processes"]})
+            print(f"  repeat {repeat + 1} {name:<8} shards {clock.seconds:7.2f} s  wall {wall:7.2f} s",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
+def median_row(samples: list[dict], n: int) -> dict:
+    seconds = statistics.median(s["shard_seconds"] for s in samples)
+    wall = statistics.median(s["wall_seconds"] for s in samples)
+    return {"samples_per_second": n / seconds if seconds else float("nan"), "shard_seconds": seconds,
+            "wall_seconds": wall, "startup_and_indicators_seconds": wall - seconds, "workers": samples[0]["workers"]}
+
+
+def scaling_ratios(table: dict, counts: list[int]) -> dict:
+    ratios = {}
+    one = table.get("ray-1")
+    if not one:
+        return ratios
+    for k in counts:
+        if k != 1:
+            ratio = table[f"ray-{k}"]["samples_per_second"] / one["samples_per_second"]
+            ratios[f"ray_{k}_vs_ray_1"] = ratio
+            ratios[f"ray_{k}_efficiency"] = ratio / k
+    ratios["ray_1_vs_local"] = one["samples_per_second"] / table["local"]["samples_per_second"]
+    return ratios
 
 
 #: The parts of this benchmark, each a function of the parsed arguments returning its JSON

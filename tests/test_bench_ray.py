@@ -10,25 +10,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from test_bench_shards import comparable
+from test_bench_shards import comparable, signed_bundle
 
-from bastion.access.keys import generate_private_key, write_keypair
-from bastion.access.signing import sign_model
 from bastion.cli import main
 from bastion.data import load_data
-from bastion.errors import VerificationError
+from bastion.errors import ClusterError, VerificationError
 from bastion.evaluation import benchmark, load_suite
-from bastion.models.zoo import zoo_path
 
 ray = pytest.importorskip("ray", reason='the Ray tests need the extra: pip install "bastion[ray]"')
 
-from bastion.distributed import ModelSource, RayExecutor  # noqa: E402
+from bastion.distributed import ModelSource, RayExecutor, local_cluster  # noqa: E402
 from bastion.distributed.ray_executor import FAULT_ENV  # noqa: E402
 
 N, SHARD = 12, 4  # 3 shards
@@ -36,33 +32,13 @@ N, SHARD = 12, 4  # 3 shards
 
 @pytest.fixture(scope="module")
 def cluster():
-    # A short temp dir: Ray's socket paths live under it and must stay below the OS limit.
-    folder = tempfile.mkdtemp(prefix="bray-")
-    for attempt in (1, 2):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=folder, log_to_driver=False)
-            break
-        except Exception as exc:  # Ray waits a fixed 30 s for its raylet, which a loaded machine can miss
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        shutil.rmtree(folder, ignore_errors=True)
+    with local_cluster(num_cpus=2) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory):
-    """A signed copy of the zoo's mnist-cnn bundle and the public key it verifies under."""
-    root = tmp_path_factory.mktemp("signed")
-    bundle = root / "mnist-cnn"
-    shutil.copytree(zoo_path("mnist-cnn"), bundle)
-    key = generate_private_key("ec-p256")
-    _, public = write_keypair(root / "release", key)
-    sign_model(bundle, key)
-    return bundle, public
+    return signed_bundle(tmp_path_factory.mktemp("signed"))
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +137,19 @@ def test_a_killed_driver_resumes_without_redoing_finished_shards(cluster, tmp_pa
     local = CliRunner().invoke(main, [*args[:9], "--out", str(tmp_path / "local"), "--quiet"])
     assert local.exit_code == 0, local.output
     assert comparable(report) == comparable(json.loads((tmp_path / "local" / "report.json").read_text()))
+
+
+@pytest.mark.parametrize("device, gpus, expected", [("auto", 0, False), ("auto", 2, True), ("cpu", 2, False),
+                                                     ("cuda", 2, True), ("cuda", 0, None)])
+def test_workers_take_one_gpu_each_where_the_device_asks_for_gpus(device, gpus, expected):
+    cluster_with = SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, **({"GPU": float(gpus)} if gpus else {})})
+    executor = RayExecutor(ModelSource.resolve("mnist-cnn"), device=device, cpus_per_worker=2)
+    if expected is None:
+        with pytest.raises(ClusterError, match="the Ray cluster has no GPU"):
+            executor.use_gpu(cluster_with)
+        return
+    gpu = executor.use_gpu(cluster_with)
+    assert gpu is expected
+    options = executor.actor_options(gpu)
+    assert options["num_gpus"] == (1 if expected else 0) and options["num_cpus"] == 2
+    assert options["max_restarts"] >= 1 and options["max_task_retries"] >= 1 and "runtime_env" not in options

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 
 import pytest
 from bench_helpers import linear_model, loaded, self_labelled, write_suite
 from click.testing import CliRunner
 
+from bastion.access.keys import generate_private_key, write_keypair
+from bastion.access.signing import sign_model
 from bastion.attacks import ATTACKS
 from bastion.attacks.pgd import PGD
 from bastion.cli import main
@@ -18,8 +21,19 @@ from bastion.errors import UsageError
 from bastion.evaluation import BenchInputs, benchmark, load_suite
 from bastion.evaluation.executors import LocalExecutor, run_sharded
 from bastion.evaluation.shards import ShardLayout, shard_seed
+from bastion.models.zoo import zoo_path
 
 RANDOM = '\n[[attack]]\nname = "fgsm"\n\n[[attack]]\nname = "pgd"\nsteps = 10\n'  # PGD starts at random
+
+
+def signed_bundle(root):
+    """A signed copy of the zoo's mnist-cnn bundle under ``root``, and the public key it verifies under."""
+    bundle = root / "mnist-cnn"
+    shutil.copytree(zoo_path("mnist-cnn"), bundle)
+    key = generate_private_key("ec-p256")
+    _, public = write_keypair(root / "release", key)
+    sign_model(bundle, key)
+    return bundle, public
 
 
 def comparable(report: dict) -> dict:
@@ -182,6 +196,20 @@ def test_cli_shard_size_runs_locally_and_reports_the_layout(tmp_path):
     printed = bench("--n", "6", "--eps", "0.1", "--shard-size", "4", "--out", str(tmp_path / "o"), "--resume")
     assert printed.exit_code == 0, printed.output
     assert "2 from the checkpoint" in printed.stdout and "resuming: 2 of 2 shard(s)" in printed.stderr
+    fresh = bench("--n", "6", "--eps", "0.1", "--shard-size", "4", "--out", str(tmp_path / "p"))
+    assert fresh.exit_code == 0, fresh.output
+    assert "shard 0 (samples 0-3): " in fresh.stderr and "shard 1 (samples 4-5): " in fresh.stderr
+
+
+def test_cli_verify_key_loads_only_a_bundle_that_verifies(tmp_path):
+    bundle, public = signed_bundle(tmp_path)
+    args = ["bench", "--model", str(bundle), "--suite", "quick", "--n", "4", "--quiet"]
+    good = CliRunner().invoke(main, [*args, "--verify-key", str(public), "--out", str(tmp_path / "a")])
+    assert good.exit_code == 0, good.output
+    _, other = write_keypair(tmp_path / "other", generate_private_key("ec-p256"))
+    bad = CliRunner().invoke(main, [*args, "--verify-key", str(other), "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, bad.output
+    assert not (tmp_path / "b" / "report.json").exists()
 
 
 @pytest.mark.parametrize("args, words", [

@@ -69,6 +69,7 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     from bastion.distributed import ModelSource, RayExecutor, import_ray
     from bastion.evaluation import benchmark, load_suite
     from bastion.evaluation.bench import has_checkpoint
+    from bastion.evaluation.shards import DEFAULT_SHARD_SIZE
 
     if n is not None and n <= 0:
         raise UsageError("--n must be positive")
@@ -98,6 +99,9 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
             notes.append(f"attacking the first {n} of {len(data)} test samples (the default, sized to finish in "
                          "under 5 minutes on 2 CPU cores); use --n to change it")
     data = data.take(n)
+    if runner is not None and len(data) <= (shard_size or DEFAULT_SHARD_SIZE):
+        notes.append(f"{len(data)} samples make one shard of up to {shard_size or DEFAULT_SHARD_SIZE}: one Ray worker "
+                     "will run them all; use a smaller --shard-size to spread them")
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-{_slug(loaded.name)}-{_slug(suite.name)}"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ package only decides where shards run. May import the bottom layer, ``models``, 
 :mod:`~bastion.distributed.ray_executor`'s functions.
 """
 
-from bastion.distributed.ray_executor import RayExecutor, import_ray
+from bastion.distributed.ray_executor import RayExecutor, import_ray, local_cluster
 from bastion.distributed.source import ModelSource
 
-__all__ = ["ModelSource", "RayExecutor", "import_ray"]
+__all__ = ["ModelSource", "RayExecutor", "import_ray", "local_cluster"]

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,7 +93,7 @@ class ShardWorker:
             self.digest = model_digest(loaded.module)
             self.module = loaded.module
         if self.digest != model_sha256:
-            raise ModelError(f"worker {WorkerInfo.here('').host} pid {os.getpid()} loaded {self.source.ref} with "
+            raise ModelError(f"worker {socket.gethostname()} pid {os.getpid()} loaded {self.source.ref} with "
                              f"sha256 {self.digest[:16]}..., not the driver's {model_sha256[:16]}...: the model "
                              "files differ between hosts")
         return WorkerInfo.here(_device_label(self.device))
@@ -135,14 +139,17 @@ class RayExecutor:
     ``"ray://HOST:PORT"``). In a process where Ray is already initialised, that cluster is used.
     ``workers``: actors to start (default: as many as the cluster has room for, at most one per
     shard). ``device``: ``auto`` (GPUs where the cluster has them), ``cpu`` or ``cuda``.
-    ``env``: extra environment variables for the workers.
+    ``env``: extra environment variables for the workers. ``wait_for_workers``: hand out shards
+    only once every worker is up (for benchmarks: the shard phase then has all workers from its
+    start); by default a worker starts on a shard as soon as it is up.
     """
 
     name = "ray"
 
     def __init__(self, source: ModelSource, *, address: str | None = None, workers: int | None = None,
                  cpus_per_worker: int = 1, device: str = "auto", env: Mapping[str, str] | None = None,
-                 retries: int = RETRIES, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+                 retries: int = RETRIES, startup_timeout: float = STARTUP_TIMEOUT,
+                 wait_for_workers: bool = False) -> None:
         if workers is not None and workers <= 0:
             raise UsageError(f"--workers must be positive, got {workers}")
         if cpus_per_worker <= 0:
@@ -151,7 +158,7 @@ class RayExecutor:
             raise UsageError(f"--device {device!r}: a Ray worker runs on cpu, cuda or auto")
         self.source, self.address, self.workers = source, address, workers
         self.cpus_per_worker, self.device, self.env = cpus_per_worker, device, dict(env or {})
-        self.retries, self.startup_timeout = retries, startup_timeout
+        self.retries, self.startup_timeout, self.wait_for_workers = retries, startup_timeout, wait_for_workers
         self.started: list[WorkerInfo] = []
         self.cluster = address or "local"
         self.worker_device = "cpu"
@@ -164,20 +171,19 @@ class RayExecutor:
     def run(self, inputs: BenchInputs, suite: Suite, shards: Sequence[Shard], *, seed: int,
             batch_size: int | None, on_event: ShardEventHook) -> Iterator[ShardResult]:
         ray = import_ray()
+        self.started = []
         started_here = self._connect(ray)
         self.cluster = _cluster_address(ray, self.address)
         actors = []
         try:
-            gpu = self._use_gpu(ray)
+            gpu = self.use_gpu(ray)
             self.worker_device = "cuda" if gpu else "cpu"
-            room = int(ray.available_resources().get("GPU" if gpu else "CPU", 0) // (1 if gpu else self.cpus_per_worker))
+            free = ray.available_resources()
+            room = int(free.get("GPU", 0)) if gpu else int(free.get("CPU", 0) // self.cpus_per_worker)
+            # Workers beyond the room wait for resources; only workers that are up get shards, so
+            # asking for too many costs nothing but their wait.
             count = min(len(shards), self.workers or max(room, 1))
-            # Ray sets OMP_NUM_THREADS to an actor's num_cpus and ShardWorker sets torch's threads; a
-            # runtime_env only when asked for, since it makes Ray start a fresh process per actor.
-            options = {"runtime_env": {"env_vars": self.env}} if self.env else {}
-            worker = ray.remote(ShardWorker).options(
-                num_cpus=self.cpus_per_worker, num_gpus=1 if gpu else 0, max_restarts=self.retries,
-                max_task_retries=self.retries, **options)
+            worker = ray.remote(ShardWorker).options(**self.actor_options(gpu))
             actors = [worker.remote(self.source, self.worker_device, self.cpus_per_worker) for _ in range(count)]
             job = ray.put(ShardJob(suite, seed, batch_size, inputs.bounds, inputs.num_classes, inputs.total,
                                    inputs.model_sha256, inputs.data_sha256))
@@ -188,22 +194,35 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
+    def actor_options(self, gpu: bool) -> dict[str, Any]:
+        """What each worker asks Ray for: its CPUs (and one GPU), and the restarts and reruns when lost."""
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_worker, "num_gpus": 1 if gpu else 0,
+                                   "max_restarts": self.retries, "max_task_retries": self.retries}
+        # Ray sets OMP_NUM_THREADS to an actor's num_cpus and ShardWorker sets torch's threads; a
+        # runtime_env only when asked for, since it makes Ray start a fresh process per actor.
+        if self.env:
+            options["runtime_env"] = {"env_vars": self.env}
+        return options
+
     def _dispatch(self, ray, actors, job, inputs: BenchInputs, shards: Sequence[Shard],
                   on_event: ShardEventHook) -> Iterator[ShardResult]:
-        """Each worker gets a shard once it is up and another each time it hands one back."""
+        """Each worker gets a shard once it is up (with ``wait_for_workers``: once all are) and
+        another each time it hands one back."""
         x, y = inputs.x.cpu(), inputs.y.cpu()
         starting = {actor.start.remote(inputs.model_sha256): actor for actor in actors}
         running: dict[Any, tuple[Any, Shard]] = {}
         info: dict[Any, WorkerInfo] = {}
+        idle: list[Any] = []
         queue = deque(shards)
         deadline = time.monotonic() + self.startup_timeout
         while queue or running:
-            timeout = None if info else max(0.0, deadline - time.monotonic())
+            waiting_for_start = not info or (self.wait_for_workers and starting)
+            timeout = max(0.0, deadline - time.monotonic()) if waiting_for_start else None
             done, _ = ray.wait([*starting, *running], num_returns=1, timeout=timeout)
             if not done:
-                raise ClusterError(f"no Ray worker started within {self.startup_timeout:.0f} s: the cluster has no "
-                                   f"free {'GPU' if self.worker_device == 'cuda' else 'CPU'} for one "
-                                   f"(each asks for {self.cpus_per_worker} CPU(s){' and 1 GPU' if self.worker_device == 'cuda' else ''})")
+                asks = f"{self.cpus_per_worker} CPU(s)" + (" and 1 GPU" if self.worker_device == "cuda" else "")
+                raise ClusterError(f"{len(starting)} Ray worker(s) did not start within {self.startup_timeout:.0f} "
+                                   f"s: the cluster has no room for them (each asks for {asks})")
             ref = done[0]
             result = None
             if ref in starting:
@@ -213,9 +232,12 @@ class RayExecutor:
             else:
                 actor, shard = running.pop(ref)
                 result = self._get(ray, ref, shard.describe())
-            if queue:  # before the driver checkpoints the result, so the worker is never idle meanwhile
-                shard = queue.popleft()
-                running[actor.run.remote(job, shard, x[shard.start:shard.stop], y[shard.start:shard.stop])] = (actor, shard)
+            idle.append(actor)
+            # Before the driver checkpoints the result, so that the worker is not idle meanwhile.
+            while idle and queue and not (self.wait_for_workers and starting):
+                actor, shard = idle.pop(), queue.popleft()
+                samples = slice(shard.start, shard.stop)
+                running[actor.run.remote(job, shard, x[samples], y[samples])] = (actor, shard)
                 on_event(ShardStarted(shard, info[actor]))
             if result is not None:
                 yield result
@@ -236,7 +258,8 @@ class RayExecutor:
                                f"({_first_line(exc)})") from None
         return True
 
-    def _use_gpu(self, ray) -> bool:
+    def use_gpu(self, ray) -> bool:
+        """Whether the workers run on GPUs: ``cuda`` needs them, ``auto`` takes them where the cluster has them."""
         gpus = ray.cluster_resources().get("GPU", 0)
         if self.device.startswith("cuda") and not gpus:
             raise ClusterError(f"--device {self.device}: the Ray cluster has no GPU; use --device cpu or auto")
@@ -254,6 +277,31 @@ class RayExecutor:
             raise ClusterError(f"{what}: its Ray worker was lost {self.retries + 1} times, or could not start "
                                f"(is bastion installed on every node?): {_first_line(exc)}; finished shards are "
                                "checkpointed, rerun with --resume") from None
+
+
+@contextmanager
+def local_cluster(num_cpus: int) -> Iterator[str]:
+    """A private Ray cluster on this machine for this process (tests, benchmarks); yields its address.
+
+    Its files go to a short temporary directory (Ray's socket paths live there and must stay
+    under the OS limit), removed at the end with the cluster.
+    """
+    ray = import_ray()
+    folder = tempfile.mkdtemp(prefix="bastion-ray-")
+    try:
+        for attempt in (1, 2):
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
+                         logging_level=logging.ERROR)
+                break
+            except Exception as exc:  # Ray waits a fixed 30 s for its raylet, which a loaded machine can miss
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise ClusterError(f"cannot start a local Ray cluster: {_first_line(exc)}") from None
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cluster_address(ray, asked: str | None) -> str:

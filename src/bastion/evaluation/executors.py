@@ -16,7 +16,8 @@ the same per-sample outcomes on either.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -56,12 +57,13 @@ ShardEventHook = Callable[[RunEvent | ShardEvent], None]
 
 # ---- executors --------------------------------------------------------------------------
 class Executor(Protocol):
-    """Runs shards somewhere and yields each as it finishes (in any order)."""
+    """Runs shards somewhere and yields each as it finishes (in any order); a generator, so that
+    the driver can close it and the executor release its workers."""
 
     name: str
 
     def run(self, inputs: BenchInputs, suite: Suite, shards: Sequence[Shard], *, seed: int,
-            batch_size: int | None, on_event: ShardEventHook) -> Iterator[ShardResult]: ...
+            batch_size: int | None, on_event: ShardEventHook) -> Generator[ShardResult, None, None]: ...
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the executor: its name and its workers."""
@@ -135,14 +137,16 @@ def run_sharded(inputs: BenchInputs, suite: Suite, layout: ShardLayout, executor
     pending = [s for s in layout.shards if s.index not in finished]
     emit(ShardsPlanned(layout, tuple(sorted(finished)), executor.name))
     if pending:
-        for result in executor.run(inputs, suite, pending, seed=seed, batch_size=batch_size, on_event=emit):
-            if result.state.fingerprint != expected:
-                raise UsageError(f"{result.shard.describe()} came back from another run (different "
-                                 f"{', '.join(expected.differences(result.state.fingerprint))})")
-            if store is not None:
-                store.save(result)
-            finished[result.shard.index] = result
-            emit(ShardFinished(result))
+        # closing(): the executor releases its workers at once, also when a checkpoint write fails here.
+        with closing(executor.run(inputs, suite, pending, seed=seed, batch_size=batch_size, on_event=emit)) as results:
+            for result in results:
+                if result.state.fingerprint != expected:
+                    raise UsageError(f"{result.shard.describe()} came back from another run (different "
+                                     f"{', '.join(expected.differences(result.state.fingerprint))})")
+                if store is not None:
+                    store.save(result)
+                finished[result.shard.index] = result
+                emit(ShardFinished(result))
     results = tuple(finished[s.index] for s in layout.shards)
     merged = reduce(RunState.merge, (r.state for r in results))
     state = add_indicators(inputs, suite, merged, seed=seed, on_event=emit)
