@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def test_a_killed_driver_resumes_without_redoing_finished_shards(cluster, tmp_pa
     driver = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", *args, "--quiet"],
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     folder = out / "shards"
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # a loaded machine can take minutes to import torch and start an actor
     while time.time() < deadline and driver.poll() is None and not list(folder.glob("shard-*.json")):
         time.sleep(0.02)
     driver.send_signal(signal.SIGKILL)
@@ -153,3 +154,16 @@ def test_workers_take_one_gpu_each_where_the_device_asks_for_gpus(device, gpus, 
     options = executor.actor_options(gpu)
     assert options["num_gpus"] == (1 if expected else 0) and options["num_cpus"] == 2
     assert options["max_restarts"] >= 1 and options["max_task_retries"] >= 1 and "runtime_env" not in options
+
+
+def test_an_address_where_no_cluster_listens_fails_at_once_in_one_line(tmp_path):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, code, words in ((f"127.0.0.1:{port}", 2, "no Ray cluster answers there"),
+                                 (f"ray://127.0.0.1:{port}", 2, "no Ray cluster answers there"),
+                                 ("nonsense", 2, "use auto, HOST:PORT or ray://HOST:PORT")):
+        result = CliRunner().invoke(main, ["bench", "--model", "mnist-cnn", "--suite", "quick", "--n", "4",
+                                           "--executor", "ray", "--address", address, "--out", str(tmp_path / "o")])
+        assert result.exit_code == code, (address, result.output)
+        assert words in result.stderr and result.stderr.count("\n") == 1, result.stderr

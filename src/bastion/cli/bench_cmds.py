@@ -90,8 +90,11 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     # With Ray, --device names the workers' device; the driver (digests, indicators) uses its own.
     dev = pick_device(device if executor == "local" or device == "cpu" else "auto")
     source = ModelSource.resolve(model_ref, weights=weights, trust_code=trust_code, verify_key=verify_key)
+    runner = None
+    if executor == "ray":
+        runner = RayExecutor(source, address=address, workers=workers, device=device)
+        runner.check_address()
     loaded = source.load(dev)
-    runner = RayExecutor(source, address=address, workers=workers, device=device) if executor == "ray" else None
     data = load_data(data_ref, "test", bounds=loaded.bounds)
     if n is None:
         n = min(DEFAULT_N, len(data))

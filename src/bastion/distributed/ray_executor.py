@@ -242,8 +242,25 @@ class RayExecutor:
             if result is not None:
                 yield result
 
+    def check_address(self) -> None:
+        """Fail at once, in one line, when nothing listens at the cluster's address (``--address``, else
+        ``RAY_ADDRESS``); ``ray.init`` would retry for minutes. Auto-detected clusters are not probed."""
+        given = self.address or os.environ.get("RAY_ADDRESS")
+        if not given or given in ("auto", "local"):
+            return
+        host, colon, port = given.removeprefix("ray://").rpartition(":")
+        name = "--address" if self.address else "RAY_ADDRESS"
+        if not colon or not host or not port.isdigit():
+            raise UsageError(f"{name} {given!r}: use auto, HOST:PORT or ray://HOST:PORT")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as exc:
+            raise ClusterError(f"{name} {given}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                               "with `ray start --head`, or check the address") from None
+
     def _connect(self, ray) -> bool:
         """Join (or start) the cluster; True when this call started Ray in this process."""
+        self.check_address()
         if ray.is_initialized():
             return False
         # Workers' output and Ray's own notices stay out of the command's stderr: a worker's

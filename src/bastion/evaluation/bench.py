@@ -62,7 +62,8 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
         state, execution = sharded.state, sharded.record()
     run = {"model": {"name": model.name, "source": model.source, "sha256": inputs.model_sha256},
            "data": {"name": data.name, "n": len(data), "sha256": inputs.data_sha256},
-           "device": str(device), "command": command}
+           # Where the attacks ran: the executor's workers' device when it names one (Ray's may be GPUs).
+           "device": (execution or {}).get("device", str(device)), "command": command}
     report = build_report(state, suite, data.y, num_classes, run=run)
     if execution is not None:
         report["execution"] = execution
