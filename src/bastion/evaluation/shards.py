@@ -27,9 +27,9 @@ from bastion.errors import UsageError
 from bastion.evaluation.state import Fingerprint, RunState
 from bastion.fsutil import atomic_write_text
 
-#: Samples per shard when an executor is chosen without a shard size: about two minutes of the
-#: standard suite on one CPU core, so a lost shard costs little. GPUs want larger shards (1,000
-#: fills their default attack batch).
+#: Samples per shard when an executor is chosen without a shard size: a few minutes of the
+#: standard suite on one CPU core (about 2.5 s per robust sample, see the CLI's DEFAULT_N), so a
+#: lost shard costs little. GPUs want larger shards (1,000 fills their default attack batch).
 DEFAULT_SHARD_SIZE = 100
 SHARD_FILE_VERSION = 1
 
