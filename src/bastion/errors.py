@@ -37,6 +37,11 @@ class ConfigError(BastionError):
     """A malformed suite, recipe or policy file (names file, line and key where known)."""
 
 
+class ClusterError(BastionError):
+    """A distributed run that cannot go on: the cluster is unreachable, has no room for a worker, or keeps
+    losing one (finished shards stay checkpointed: rerun with ``--resume``)."""
+
+
 class KeySetError(ConfigError):
     """A JSON Web Key Set (a file, a URL's response, or a document) that is malformed or holds no usable key."""
 
