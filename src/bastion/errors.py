@@ -76,3 +76,16 @@ class ModelRefused(VerificationError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+class TrainingProcessFailed(BastionError):
+    """A process of a multi-process training job failed, and the launcher stopped the others.
+
+    ``exit_code`` is the status the command exits with; ``reported`` means the failed process printed
+    its own one-line error already, so the command adds none.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, reported: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reported = reported
