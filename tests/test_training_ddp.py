@@ -54,7 +54,9 @@ def _torchrun(*args: str) -> list[str]:
 def job(tmp_path_factory):
     """A folder with the data and recipe, and the reference job run in it (``ddp_each_rank.py``);
     run once even when pytest-xdist spreads the tests that read it over several workers."""
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's folder is in the session's one
+        shared = shared.parent
     folder = shared / "ddp-reference"
     with FileLock(str(shared / "ddp-reference.lock")):
         if not (folder / "reference" / "done").exists():

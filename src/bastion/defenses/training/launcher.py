@@ -66,7 +66,8 @@ def launch(rank_args: list[str], *, nproc: int, nnodes: int = 1, rdzv_endpoint: 
             raise _failure(exc, resume_hint) from None
         except RendezvousError as exc:
             where = f"at {rdzv_endpoint}" if rdzv_endpoint else "on this host"
-            raise UsageError(f"the training processes could not meet {where}: {exc}") from None
+            why = str(exc.__cause__ or exc).strip().splitlines()[0]  # torch's own says "see inner exception"
+            raise UsageError(f"the training processes could not meet {where}: {why}") from None
         except SignalException:  # the agent turns SIGINT/SIGTERM into this after stopping the ranks
             raise KeyboardInterrupt from None
 
