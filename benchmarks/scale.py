@@ -24,9 +24,9 @@ By default it starts a local Ray cluster with 2 CPUs; --address points it at a r
     python benchmarks/scale.py [--n 600] [--shard-size 50] [--suite quick] [--repeats 3]
     python benchmarks/scale.py --n 8 --shard-size 2 --repeats 1            # smoke run
 
-The training part (torchrun with 1 vs 2 processes at the same global batch) is added by its own
-engineer as another entry of PARTS (see the hook below); --part picks which run. The last line
-printed is one JSON object: {"bench": {...}, ...}, one key per part.
+Training part: benchmarks/scale_train.py (torchrun with 1 vs 2 processes at the same global batch;
+its options here, with --train-repeats for its repeats). --part picks which run (default: all).
+The last line printed is one JSON object: {"bench": {...}, "training": {...}}, one key per part.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from bastion.distributed import ModelSource, RayExecutor, import_ray, local_clus
 from bastion.evaluation import BenchInputs, load_suite
 from bastion.evaluation.executors import LocalExecutor, ShardFinished, ShardStarted, run_sharded
 from bastion.evaluation.shards import ShardLayout
+from scale_train import add_training_arguments, run_training_scaling  # the training part (same folder)
 
 FLOOR_TWO_WORKERS = 1.7  # ray-2 / ray-1 throughput on a 2-core machine
 
@@ -155,11 +156,8 @@ def scaling_ratios(table: dict, counts: list[int]) -> dict:
     return ratios
 
 
-#: The parts of this benchmark, each a function of the parsed arguments returning its JSON
-#: section. Hook for the training part (torchrun, 1 vs 2 processes at the same global batch:
-#: time per epoch, final clean and robust accuracy): add `"train": train_part` here, with its
-#: options in main().
-PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"bench": bench_part}
+#: The parts of this benchmark, each a function of the parsed arguments returning its JSON section.
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"bench": bench_part, "training": run_training_scaling}
 
 
 def main() -> None:
@@ -176,6 +174,7 @@ def main() -> None:
     parser.add_argument("--workers-list", default="1,2", help="Ray worker counts to run (default 1,2)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster started here")
     parser.add_argument("--address", default=None, help="a running Ray cluster instead of a local one")
+    add_training_arguments(parser, repeats_flag="--train-repeats")
     args = parser.parse_args()
     parts = list(PARTS) if args.part == "all" else [args.part]
     print(json.dumps({name: PARTS[name](args) for name in parts}))

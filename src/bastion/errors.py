@@ -94,3 +94,16 @@ class ServiceUnavailable(BastionError):
         super().__init__(message)
         self.operation = operation
         self.retry_after = retry_after
+
+
+class TrainingProcessFailed(BastionError):
+    """A process of a multi-process training job failed, and the launcher stopped the others.
+
+    ``exit_code`` is the status the command exits with; ``reported`` means the failed process printed
+    its own one-line error already, so the command adds none.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, reported: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reported = reported
