@@ -14,7 +14,7 @@ from bastion.errors import TrainingProcessFailed, UsageError
 
 @main.command()
 @click.option("--recipe", "-r", "recipe_ref", required=True,
-              help="Recipe name (clean, pgd-at, trades, mart, fgsm-rs, fast, gaussian-0.25, gaussian-0.5) "
+              help="Recipe name (clean, pgd-at, trades, trades-awp, mart, fgsm-rs, fast, fast-ema, gaussian-0.25, gaussian-0.5) "
                    "or path to a .toml recipe.")
 @click.option("--data", "-d", "data_ref", default=None,
               help="Training data: mnist (bundled 4,000-image train split), digits, or a .npz/.pt file "
