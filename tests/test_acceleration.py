@@ -14,7 +14,7 @@ from torch import nn
 from bastion.attacks import get_attack
 from bastion.cli import main
 from bastion.data import load_data
-from bastion.errors import ModelError
+from bastion.errors import ModelError, UsageError
 from bastion.evaluation import benchmark, load_suite
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.runner import confirm_adversarial, run_suite
@@ -192,6 +192,15 @@ def test_the_report_records_the_accelerations_and_keeps_the_models_digest(tmp_pa
     assert fast["model"]["sha256"] == plain["model"]["sha256"]
     assert fast["summary"]["robust_accuracy"] == plain["summary"]["robust_accuracy"]
     assert "- accelerations: channels-last" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_an_executor_whose_workers_load_the_model_themselves_refuses_accelerations():
+    class Elsewhere:  # any executor but the local one: its workers would evaluate the model unaccelerated
+        pass
+    data = load_data("mnist", "test").take(4)
+    with pytest.raises(UsageError, match="--bf16 applies to the local executor"):
+        benchmark(load_model("mnist-cnn"), data, load_suite("quick"), executor=Elsewhere(),
+                  acceleration=Acceleration(bf16=True))
 
 
 def test_bench_cli_takes_the_flags_and_a_refusal_is_one_line(tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ from bastion.evaluation.junit import Case, indicator_cases, write_junit
 
 #: Parameters of `bastion bench` that configure a run, and those that configure --compare.
 RUN_ONLY = ("model_ref", "weights", "data_ref", "suite_ref", "eps", "n", "out_dir", "resume", "batch_size",
-            "trust_code", "requirement", "seed", "device")
+            "trust_code", "requirement", "seed", "device", "verify_key", "executor", "address", "shard_size",
+            "workers")
 COMPARE_ONLY = ("require_no_regression", "tolerance", "allow_different_data", "allow_different_suite")
 REQUIREMENTS = "bastion.bench.requirements"
 

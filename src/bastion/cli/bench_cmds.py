@@ -59,20 +59,38 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
               help="With --compare: compare reports measured on different data (accuracies only).")
 @click.option("--allow-different-suite", is_flag=True,
               help="With --compare: compare reports of different attacks or attack parameters.")
+@click.option("--verify-key", type=click.Path(dir_okay=False),
+              help="Load the model only if its signature verifies under this public key (every Ray worker "
+                   "verifies it too).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where shards run: here, or on a Ray cluster (pip install \"bastion[ray]\").")
+@click.option("--address", default=None,
+              help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT. [default: RAY_ADDRESS, the cluster last "
+                   "started on this machine, else a new local one]")
+@click.option("--shard-size", type=int, default=None,
+              help="Samples per shard; each shard is checkpointed when done, with a seed derived from --seed and "
+                   "its index (the same on either executor). [default with --executor ray: 100; local: no shards]")
+@click.option("--workers", type=int, default=None,
+              help="Ray workers to start (one model load each). [default: as many as the cluster has free CPUs, "
+                   "or GPUs with a cuda device]")
 @acceleration_options
 @json_option
 @quiet_option
 @seed_option
 @device_option
 @click.pass_context
-def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, requirement,
-          junit_path, compare_pair, require_no_regression, tolerance, allow_different_data, allow_different_suite,
-          use_compile, channels_last, bf16, onnx_runtime, as_json, quiet, seed, device):
+def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, verify_key,
+          executor, address, shard_size, workers, requirement, junit_path, compare_pair, require_no_regression,
+          tolerance, allow_different_data, allow_different_suite, use_compile, channels_last, bf16, onnx_runtime,
+          as_json, quiet, seed, device):
     """Benchmark a model's robustness with an attack suite (worst case per sample).
 
     With no options: the bundled robust MNIST model, the standard (AutoAttack) suite,
     the first 100 bundled test images. Writes report.json, report.md and PNG plots;
     every accuracy comes with its 95% confidence interval.
+
+    With --shard-size or --executor ray the samples are cut into shards that run on their
+    own (on a Ray cluster in parallel) and merge into one report.
 
     \b
     Gate a CI job on the result (exit 1 when unmet, 2 for a malformed requirement):
@@ -90,9 +108,10 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
                           quiet=quiet)
         return
     from bastion.data import load_data
+    from bastion.distributed import ModelSource, RayExecutor, import_ray
     from bastion.evaluation import benchmark, load_suite
-    from bastion.evaluation.bench import CHECKPOINT
-    from bastion.models import load_model
+    from bastion.evaluation.bench import has_checkpoint
+    from bastion.evaluation.shards import DEFAULT_SHARD_SIZE
 
     clash = given_options(ctx, COMPARE_ONLY)
     if clash:
@@ -102,6 +121,12 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
         raise UsageError("--n must be positive")
     if batch_size is not None and batch_size <= 0:
         raise UsageError("--batch-size must be positive")
+    if shard_size is not None and shard_size <= 0:
+        raise UsageError("--shard-size must be positive")
+    if executor == "ray":
+        import_ray()  # without the extra: one line saying how to install it, before any work
+    elif address is not None or workers is not None:
+        raise UsageError("--address and --workers need --executor ray")
     notes = []
     if model_ref is None:
         model_ref = _default_model(notes)
@@ -109,10 +134,20 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
     if eps:
         suite = suite.with_eps(parse_eps(eps))
     gate.check_measurable(suite.epsilons)
-    dev = pick_device(device)
+    # With Ray, --device names the workers' device; the driver (digests, indicators) uses its own.
+    dev = pick_device(device if executor == "local" or device == "cpu" else "auto")
+    acceleration = acceleration_from(use_compile, channels_last, bf16)
+    if onnx_runtime and verify_key:
+        raise UsageError("--onnx-runtime: a verified ONNX model is attacked through its torch conversion; drop "
+                         "--onnx-runtime or --verify-key")
     forward_only = all(spec.family != "white-box" for spec in suite.attacks)  # runs an ONNX model on onnxruntime
-    loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code,
-                        onnx_runtime=onnx_runtime or forward_only)
+    source = ModelSource.resolve(model_ref, weights=weights, trust_code=trust_code, verify_key=verify_key,
+                                 onnx_runtime=onnx_runtime or forward_only)
+    runner = None
+    if executor == "ray":
+        runner = RayExecutor(source, address=address, workers=workers, device=device)
+        runner.check_address()
+    loaded = source.load(dev)
     check_onnx_runtime(onnx_runtime, loaded)
     data = load_data(data_ref, "test", bounds=loaded.bounds)
     if n is None:
@@ -121,14 +156,18 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
             notes.append(f"attacking the first {n} of {len(data)} test samples (the default, sized to finish in "
                          "under 5 minutes on 2 CPU cores); use --n to change it")
     data = data.take(n)
+    if runner is not None and len(data) <= (shard_size or DEFAULT_SHARD_SIZE):
+        notes.append(f"{len(data)} samples make one shard of up to {shard_size or DEFAULT_SHARD_SIZE}: one Ray worker "
+                     "will run them all; use a smaller --shard-size to spread them")
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-{_slug(loaded.name)}-{_slug(suite.name)}"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the report directory ({exc.strerror})") from None
-    if not resume and (out / CHECKPOINT).exists():
+    sharded = shard_size is not None or runner is not None
+    if not resume and has_checkpoint(out, sharded=sharded):
         notes.append(f"{out} holds an earlier run; starting over (use --resume to continue it)")
-    if resume and not (out / CHECKPOINT).exists():
+    if resume and not has_checkpoint(out, sharded=sharded):
         notes.append(f"--resume: {out} holds no checkpoint; starting a new run")
     if not quiet and not as_json:
         for note in notes:
@@ -136,8 +175,8 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
     command = "bastion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress(enabled=not quiet) as progress:
         report = benchmark(loaded, data, suite, out_dir=out, seed=seed, resume=resume, batch_size=batch_size,
-                           on_event=BenchProgress(progress), command=command,
-                           acceleration=acceleration_from(use_compile, channels_last, bf16))
+                           on_event=BenchProgress(progress), command=command, shard_size=shard_size,
+                           executor=runner, acceleration=acceleration)
     outcomes = gate.judge(report)
     gate.write_junit(report, out, outcomes)
     if as_json:
@@ -172,7 +211,15 @@ def _json_summary(report: dict, out: Path, notes: list[str]) -> dict:
                          "attacks": [{k: a[k] for k in SUMMARY_ATTACK_KEYS} for a in r["attacks"]],
                          "class_gap": r["class_gap"]} for r in report["results"]],
             "indicators": [{k: i[k] for k in ("key", "status", "finding")} for i in report["indicators"]],
-            "timing": report["timing"], "evaluation": report["evaluation"], "files": report.get("files", {})}
+            "timing": report["timing"], "evaluation": report["evaluation"], "files": report.get("files", {}),
+            **({"execution": _execution_summary(report["execution"])} if "execution" in report else {})}
+
+
+def _execution_summary(execution: dict) -> dict:
+    shards = execution["shards"]
+    return {"executor": execution["executor"], "shard_size": execution["shard_size"], "shards": len(shards),
+            "from_checkpoint": sum(s["from_checkpoint"] for s in shards),
+            "processes": execution["processes"], "wall_seconds": execution["wall_seconds"]}
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -202,4 +249,9 @@ def _print_summary(report: dict, out: Path) -> None:
         click.echo(f"    WARNING {i['title']}: {i['finding']} What to do: {i['advice']}")
     t = report["timing"]
     click.echo(f"  time: attacks {t['attacks_seconds']:.1f} s, indicators {t['indicators_seconds']:.1f} s")
+    if "execution" in report:
+        e = _execution_summary(report["execution"])
+        resumed = f", {e['from_checkpoint']} from the checkpoint" if e["from_checkpoint"] else ""
+        click.echo(f"  shards: {e['shards']} of up to {e['shard_size']} samples on {e['processes']} {e['executor']} "
+                   f"worker process(es){resumed}, {e['wall_seconds']:.1f} s wall")
     click.echo(f"  report: {out / 'report.md'} (also report.json and 3 PNG plots)")

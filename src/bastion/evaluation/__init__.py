@@ -12,7 +12,11 @@ numbers and intervals in :mod:`~bastion.evaluation.report_format` and
 XML (:mod:`~bastion.evaluation.junit`). May import the bottom layer, ``models`` and ``attacks``; never ``defenses``, ``access`` or
 ``cli`` (the access layer reads reports by their schema, not through this package). A
 distributed executor builds on :class:`RunState` (``BenchInputs.shard`` + ``run_suite``
-per shard, then :meth:`RunState.merge`).
+per shard, then :meth:`RunState.merge`): sharded runs have their layout, per-shard seeds
+and shard checkpoints in :mod:`~bastion.evaluation.shards`, and the one driver that hands
+shards to an executor, merges them and computes the indicators once in
+:mod:`~bastion.evaluation.executors` (with the local executor); the Ray executor lives in
+``bastion.distributed``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,18 @@ from typing import TYPE_CHECKING, Any
 #: ``report_format``, ``report_reader``) can be used without importing torch.
 _EXPORTS = {"benchmark": "bench", "BenchInputs": "inputs", "run_suite": "runner", "Fingerprint": "state",
             "Indicator": "state", "RunState": "state", "Unit": "state", "AttackSpec": "suite", "Suite": "suite",
-            "load_suite": "suite", "compare_runs": "compare"}
+            "load_suite": "suite", "compare_runs": "compare", "LocalExecutor": "executors",
+            "run_sharded": "executors", "ShardLayout": "shards", "shard_seed": "shards"}
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from bastion.evaluation.bench import benchmark
     from bastion.evaluation.compare import compare_runs
+    from bastion.evaluation.executors import LocalExecutor, run_sharded
     from bastion.evaluation.inputs import BenchInputs
     from bastion.evaluation.runner import run_suite
+    from bastion.evaluation.shards import ShardLayout, shard_seed
     from bastion.evaluation.state import Fingerprint, Indicator, RunState, Unit
     from bastion.evaluation.suite import AttackSpec, Suite, load_suite
 

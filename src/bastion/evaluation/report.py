@@ -162,6 +162,11 @@ def render_markdown(report: dict) -> str:
               _evaluation_line(report.get("evaluation", {})),
               f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "platform"), ""]
+    if "execution" in report:  # a sharded run (bastion.evaluation.executors)
+        e = report["execution"]
+        lines[-1:-1] = [f"- {len(e['shards'])} shard(s) of up to {e['shard_size']} samples on {e['processes']} "
+                        f"{e['executor']} worker process(es); each shard's samples, seed, host, pid and device are in "
+                        "report.json (`execution`)"]
     return "\n".join(lines)
 
 
