@@ -178,6 +178,9 @@ def test_bench_runs_a_forward_only_suite_on_onnxruntime_and_flags_gradient_attac
     report = json.loads((tmp_path / "white" / "report.json").read_text())
     assert all("no input gradients" in a["error"] for a in report["results"][0]["attacks"])
     assert "gradients" in report["summary"]["indicators_fired"]
+    verified = CliRunner().invoke(main, ["bench", "--model", str(zoo_onnx), "--onnx-runtime", "--verify-key",
+                                         str(tmp_path / "key.pem"), "--out", str(tmp_path / "v")])
+    assert verified.exit_code == 2 and "--onnx-runtime" in verified.stderr  # verified bundles run converted
 
 
 def test_an_onnx_bundle_is_signed_and_loaded_verified_like_others(tmp_path, zoo_onnx):
