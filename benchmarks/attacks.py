@@ -11,8 +11,15 @@ bastion drops samples once they are misclassified, so it also reports the strict
 the attack made (its query count x the per-sample cost at full batch).
 
 Every implementation runs once per repeat, interleaved, and the table shows medians.
-Robust accuracy is re-measured here by predicting every returned adversarial, over all
-``n`` samples (clean mistakes count as not robust). Prints a table, then one JSON line.
+Robust accuracy is re-measured here by predicting every returned adversarial with the
+fp32 eager model, over all ``n`` samples (clean mistakes count as not robust). Prints a
+table, then one JSON line.
+
+bastion's PGD and APGD-CE also run on the model accelerated by each of ``--accelerations``
+(``bastion+compile``, ``bastion+bf16``, ``bastion+channels-last`` rows: what ``bastion attack
+--compile`` etc. run); their "x floor" is against the same fp32 eager floor, so below the plain
+row's means faster. The one-time cost of each (the agreement check, and for compile the
+compilation of the forward and gradient graphs) is printed apart as "setup".
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 from bastion.attacks import get_attack
 from bastion.data import load_data
 from bastion.models import load_model
+from bastion.models.acceleration import ORDER, Acceleration, accelerate
 from bastion.threat import ThreatModel
 
 
@@ -43,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--square-queries", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--model", default="mnist-cnn")
+    parser.add_argument("--accelerations", default=",".join(ORDER),
+                        help=f"comma-separated, each measured alone ({', '.join(ORDER)}); 'none' for none")
     return parser.parse_args()
 
 
@@ -70,6 +80,17 @@ def main() -> None:
         ("square", "art"): (xs_sq, ys_sq, lambda: peers.art_square(xs_sq, ys_sq, args.square_eps,
                                                                    args.square_queries)),
     }
+    setup = {}
+    for name in [] if args.accelerations == "none" else args.accelerations.split(","):
+        start = time.perf_counter()
+        fast = accelerate(model, x, Acceleration.of([name]), batch_size=1000)
+        setup[name] = time.perf_counter() - start
+        impl = f"bastion+{name}"
+        jobs |= {
+            ("pgd", impl): (x, y, lambda fast=fast: bastion("pgd", "linf", args.eps, fast, x, y, steps=pgd_steps)),
+            ("apgd-ce", impl): (x, y, lambda fast=fast: bastion("apgd-ce", "linf", args.eps, fast, x, y,
+                                                                steps=apgd_steps)),
+        }
     if peers.torchattacks is not None:
         jobs |= {
             ("pgd", "torchattacks"): (x, y, lambda: peers.ta_pgd(x, y, args.eps, pgd_steps)),
@@ -118,7 +139,7 @@ def main() -> None:
             robust[f"{group}:{impl}:median_l2"] = round(l2, 4)
         rows.append(row)
     for group in ("pgd", "apgd-ce", "cw-l2", "square"):
-        for impl in ("art", "torchattacks"):
+        for impl in ("art", "torchattacks", *(f"bastion+{name}" for name in setup)):
             if (group, impl) in times:
                 ratios[f"{group}:{impl}_time/bastion_time"] = round(
                     statistics.median(times[(group, impl)]) / statistics.median(times[(group, "bastion")]), 2)
@@ -128,15 +149,18 @@ def main() -> None:
     print(f"\nmodel {args.model}; forward+backward over {int(correct.sum())} samples: {per_pass * 1e3:.1f} ms "
           f"(median of {args.repeats}); PGD-{pgd_steps} and APGD-CE-{apgd_steps} at Linf {args.eps}, CW-L2 {cw}, "
           f"Square Linf {args.square_eps} with {args.square_queries} queries")
-    header = f"{'attack':<8} {'impl':<13} {'n':>5} {'time s':>8} {'x floor':>8} {'x active':>9} {'robust':>7}  note"
+    header = f"{'attack':<8} {'impl':<22} {'n':>5} {'time s':>8} {'x floor':>8} {'x active':>9} {'robust':>7}  note"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['attack']:<8} {r['impl']:<13} {r['n']:>5} {r['seconds']:>8.2f} {r['floor']:>8} {r['active']:>9} "
+        print(f"{r['attack']:<8} {r['impl']:<22} {r['n']:>5} {r['seconds']:>8.2f} {r['floor']:>8} {r['active']:>9} "
               f"{r['robust']:>7.1%}  {r['note']}")
     if peers.torchattacks is None:
         print(f"torchattacks skipped: {peers.torchattacks_note}")
-    print(json.dumps({"ratios": ratios, "robust_accuracy": robust}))
+    if setup:
+        print("setup (agreement check; compile: both graphs) s: " + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()))
+    print(json.dumps({"ratios": ratios, "robust_accuracy": robust,
+                      "setup_seconds": {k: round(v, 2) for k, v in setup.items()}}))
 
 
 def bastion(name, norm, eps, model, x, y, **params):

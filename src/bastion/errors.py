@@ -33,6 +33,15 @@ class AttackError(BastionError):
     """An attack that was misconfigured or cannot run on this model."""
 
 
+class GradientUnavailable(AttackError, RuntimeError):
+    """A model that computes no input gradient was asked for one (e.g. a model run on onnxruntime).
+
+    Also a ``RuntimeError``, the error torch raises where a model gives no gradient, so the benchmark
+    runner and the attack-failure indicators handle both alike (the attack fails, the report flags
+    the gradients); at the command line it is one line.
+    """
+
+
 class ConfigError(BastionError):
     """A malformed suite, recipe or policy file (names file, line and key where known)."""
 
@@ -107,3 +116,9 @@ class TrainingProcessFailed(BastionError):
         super().__init__(message)
         self.exit_code = exit_code
         self.reported = reported
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, for one-line errors that wrap another library's exception."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.attack_cmds import parse_eps
+from bastion.cli.attack_cmds import (ACCELERATION_PARAMS, acceleration_from, acceleration_options, check_onnx_runtime,
+                                     parse_eps)
 from bastion.cli.bench_checks import (COMPARE_ONLY, RUN_ONLY, Gate, compare_and_print, given_options,
                                       parse_tolerance)
 from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
@@ -72,13 +73,15 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @click.option("--workers", type=int, default=None,
               help="Ray workers to start (one model load each). [default: as many as the cluster has free CPUs, "
                    "or GPUs with a cuda device]")
+@acceleration_options
 @json_option
 @quiet_option
 @seed_option
 @device_option
 @click.pass_context
 def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batch_size, trust_code, verify_key,
-          executor, address, shard_size, workers, requirement, junit_path, compare_pair, require_no_regression, tolerance, allow_different_data, allow_different_suite,
+          executor, address, shard_size, workers, requirement, junit_path, compare_pair, require_no_regression,
+          tolerance, allow_different_data, allow_different_suite, use_compile, channels_last, bf16, onnx_runtime,
           as_json, quiet, seed, device):
     """Benchmark a model's robustness with an attack suite (worst case per sample).
 
@@ -96,7 +99,7 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
       bastion bench --compare runs/main runs/branch --require-no-regression
     """
     if compare_pair:
-        clash = given_options(ctx, RUN_ONLY)
+        clash = given_options(ctx, RUN_ONLY + ACCELERATION_PARAMS)
         if clash:
             raise UsageError(f"--compare reads two finished runs; drop {', '.join(clash)} (they apply to a run)")
         compare_and_print(compare_pair, tolerance=parse_tolerance(tolerance),
@@ -133,12 +136,19 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
     gate.check_measurable(suite.epsilons)
     # With Ray, --device names the workers' device; the driver (digests, indicators) uses its own.
     dev = pick_device(device if executor == "local" or device == "cpu" else "auto")
-    source = ModelSource.resolve(model_ref, weights=weights, trust_code=trust_code, verify_key=verify_key)
+    acceleration = acceleration_from(use_compile, channels_last, bf16)
+    if onnx_runtime and verify_key:
+        raise UsageError("--onnx-runtime: a verified ONNX model is attacked through its torch conversion; drop "
+                         "--onnx-runtime or --verify-key")
+    forward_only = all(spec.family != "white-box" for spec in suite.attacks)  # runs an ONNX model on onnxruntime
+    source = ModelSource.resolve(model_ref, weights=weights, trust_code=trust_code, verify_key=verify_key,
+                                 onnx_runtime=onnx_runtime or forward_only)
     runner = None
     if executor == "ray":
         runner = RayExecutor(source, address=address, workers=workers, device=device)
         runner.check_address()
     loaded = source.load(dev)
+    check_onnx_runtime(onnx_runtime, loaded)
     data = load_data(data_ref, "test", bounds=loaded.bounds)
     if n is None:
         n = min(DEFAULT_N, len(data))
@@ -166,7 +176,7 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
     with Progress(enabled=not quiet) as progress:
         report = benchmark(loaded, data, suite, out_dir=out, seed=seed, resume=resume, batch_size=batch_size,
                            on_event=BenchProgress(progress), command=command, shard_size=shard_size,
-                           executor=runner)
+                           executor=runner, acceleration=acceleration)
     outcomes = gate.judge(report)
     gate.write_junit(report, out, outcomes)
     if as_json:
@@ -201,7 +211,7 @@ def _json_summary(report: dict, out: Path, notes: list[str]) -> dict:
                          "attacks": [{k: a[k] for k in SUMMARY_ATTACK_KEYS} for a in r["attacks"]],
                          "class_gap": r["class_gap"]} for r in report["results"]],
             "indicators": [{k: i[k] for k in ("key", "status", "finding")} for i in report["indicators"]],
-            "timing": report["timing"], "files": report.get("files", {}),
+            "timing": report["timing"], "evaluation": report["evaluation"], "files": report.get("files", {}),
             **({"execution": _execution_summary(report["execution"])} if "execution" in report else {})}
 
 
@@ -216,6 +226,9 @@ def _print_summary(report: dict, out: Path) -> None:
     s = report["summary"]
     click.echo(f"{s['model']}: {s['n']} samples of {report['data']['name']}, suite {s['suite']} ({s['norm']}); "
                "95% confidence intervals (Clopper-Pearson)")
+    used = report["evaluation"]["accelerations"]
+    if used:
+        click.echo(f"  accelerations: {', '.join(used)} (agree with fp32 eager; adversarials re-checked in fp32 eager)")
     click.echo(f"  clean accuracy            {accuracy_text(s['clean_accuracy'], s['clean_accuracy_ci'])}")
     for r in report["results"]:
         click.echo(f"  robust accuracy eps {r['eps']:<6g}{accuracy_text(r['robust_accuracy'], r['robust_accuracy_ci'])}")

@@ -30,15 +30,16 @@ class ModelSource:
     weights: str | None = None
     trust_code: bool = False
     verify_key: bytes | None = None  # PEM of the trusted public key; None: load without verifying
+    onnx_runtime: bool = False  # an ONNX model on onnxruntime (forward only) instead of converted to torch
 
     @classmethod
     def resolve(cls, ref: str, *, weights: str | Path | None = None, trust_code: bool = False,
-                verify_key: str | Path | None = None) -> ModelSource:
+                verify_key: str | Path | None = None, onnx_runtime: bool = False) -> ModelSource:
         """The source for a reference as a user wrote it: existing paths made absolute (workers run in
         other directories), the key file read once, here."""
         pem = public_pem(load_public_key(verify_key)) if verify_key is not None else None
         return cls(ref=_absolute(str(ref)), weights=_absolute(str(weights)) if weights is not None else None,
-                   trust_code=trust_code, verify_key=pem)
+                   trust_code=trust_code, verify_key=pem, onnx_runtime=onnx_runtime)
 
     @property
     def verified(self) -> bool:
@@ -47,7 +48,8 @@ class ModelSource:
     def load(self, device: str = "cpu") -> LoadedModel:
         """Load the model on ``device``: with a key, only after its signature verified (``load_verified``)."""
         if self.verify_key is None:
-            return load_model(self.ref, weights=self.weights, device=device, trust_code=self.trust_code)
+            return load_model(self.ref, weights=self.weights, device=device, trust_code=self.trust_code,
+                              onnx_runtime=self.onnx_runtime)
         key = serialization.load_pem_public_key(self.verify_key)
         if self.weights is not None:  # a signed .safetensors file for a factory architecture
             loaded = load_verified(self.weights, key, architecture=self.ref, trust_code=True, device=device)

@@ -7,14 +7,17 @@ from typing import Any
 
 from bastion.attacks.base import model_device
 from bastion.data import Dataset
-from bastion.errors import DataError
+from bastion.errors import DataError, UsageError
 from bastion.evaluation.executors import Executor, LocalExecutor, ShardEventHook, run_sharded
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.report import build_report, write_report
 from bastion.evaluation.runner import run_suite
 from bastion.evaluation.shards import DEFAULT_SHARD_SIZE, ShardCheckpoints, ShardLayout
+from bastion.evaluation.state import model_digest
 from bastion.evaluation.suite import Suite
+from bastion.models.acceleration import Acceleration
 from bastion.models.loaded import LoadedModel
+from bastion.models.preparation import prepare
 
 CHECKPOINT = "checkpoint.json"
 SHARD_CHECKPOINTS = "shards"  # one file per finished shard, in this folder of out_dir
@@ -29,26 +32,36 @@ def has_checkpoint(out_dir: str | Path, *, sharded: bool) -> bool:
 def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str | Path | None = None,
               seed: int = 0, resume: bool = False, batch_size: int | None = None,
               on_event: ShardEventHook | None = None, command: str = "", shard_size: int | None = None,
-              executor: Executor | None = None) -> dict[str, Any]:
+              executor: Executor | None = None, acceleration: Acceleration | None = None) -> dict[str, Any]:
     """Run ``suite`` on ``model`` over ``data`` and return the report.
 
     With ``out_dir`` the run checkpoints to ``out_dir/checkpoint.json`` after every
     attack (``resume=True`` continues from it) and writes report.json, report.md and
-    the plots there when it finishes.
+    the plots there when it finishes. The model is checked on the samples first
+    (:func:`bastion.models.preparation.prepare`: an ONNX conversion against onnxruntime,
+    ``acceleration`` against fp32 eager); the report's ``evaluation`` says what passed.
 
     With ``shard_size`` or an ``executor`` the samples are cut into contiguous shards
     (``shard_size``, default :data:`DEFAULT_SHARD_SIZE`) that ``executor`` runs (default: one
     after another, here); each finished shard is checkpointed in ``out_dir/shards/``, and the
     report records the layout and the workers under ``execution``
-    (:mod:`bastion.evaluation.executors`).
+    (:mod:`bastion.evaluation.executors`). Workers of another executor load the model
+    themselves and evaluate it unaccelerated, so ``acceleration`` is refused with one.
     """
+    if acceleration is not None and acceleration.names and not isinstance(executor, (LocalExecutor, type(None))):
+        raise UsageError(f"--{acceleration.names[0]} applies to the local executor: other executors' workers load "
+                         "the model themselves and evaluate it in fp32 eager")
     module = model.module
     device = model_device(module)
     if model.input_shape and tuple(data.input_shape) != tuple(model.input_shape):
         raise DataError(f"{data.name}: samples have shape {data.input_shape}, the model expects "
                         f"{tuple(model.input_shape)}")
     num_classes = model.num_classes or data.num_classes
-    inputs = BenchInputs(module, data.x.to(device), data.y.to(device), tuple(data.bounds), num_classes)
+    x = data.x.to(device)
+    prepared = prepare(module, x, acceleration, batch_size=batch_size)
+    # The digest names the model, not how it is evaluated: an accelerated run resumes a plain one.
+    inputs = BenchInputs(prepared.module, x, data.y.to(device), tuple(data.bounds), num_classes,
+                         model_sha256=model_digest(module))
     out = Path(out_dir) if out_dir is not None else None
     execution = None
     if shard_size is None and executor is None:
@@ -63,7 +76,8 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
     run = {"model": {"name": model.name, "source": model.source, "sha256": inputs.model_sha256},
            "data": {"name": data.name, "n": len(data), "sha256": inputs.data_sha256},
            # Where the attacks ran: the executor's workers' device when it names one (Ray's may be GPUs).
-           "device": (execution or {}).get("device", str(device)), "command": command}
+           "device": (execution or {}).get("device", str(device)), "command": command,
+           "evaluation": prepared.to_dict()}
     report = build_report(state, suite, data.y, num_classes, run=run)
     if execution is not None:
         report["execution"] = execution

@@ -56,6 +56,7 @@ def build_report(state: RunState, suite: Suite, y: torch.Tensor, num_classes: in
         "intervals": dict(METHODS),
         "model": run["model"], "data": run["data"], "seed": state.fingerprint.seed,
         "device": run.get("device", "cpu"), "command": run.get("command", ""),
+        "evaluation": run.get("evaluation", {"accelerations": [], "checks": []}),
         "suite": suite.to_dict(),
         "clean_correct_indices": list(state.clean_correct),
         "results": results,
@@ -158,6 +159,7 @@ def render_markdown(report: dict) -> str:
               f"accuracies, {report['intervals']['difference']} for differences",
               f"- model `{report['model'].get('source', '')}` sha256 `{report['model'].get('sha256', '')[:16]}...`",
               f"- suite file `{suite['path']}` sha256 `{suite['sha256'][:16]}...`",
+              _evaluation_line(report.get("evaluation", {})),
               f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "platform"), ""]
     if "execution" in report:  # a sharded run (bastion.evaluation.executors)
@@ -166,6 +168,14 @@ def render_markdown(report: dict) -> str:
                         f"{e['executor']} worker process(es); each shard's samples, seed, host, pid and device are in "
                         "report.json (`execution`)"]
     return "\n".join(lines)
+
+
+def _evaluation_line(evaluation: dict) -> str:
+    used = evaluation.get("accelerations") or []
+    if not used:
+        return "- accelerations: none"
+    return (f"- accelerations: {', '.join(used)} (checked against fp32 eager before use; every adversarial "
+            "re-checked in fp32 eager)")
 
 
 def _eps_section(result: dict, n: int, many: bool, per_class: bool) -> list[str]:

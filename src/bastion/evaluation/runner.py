@@ -9,7 +9,9 @@ confirmed here (:func:`confirm_adversarial`: finite, inside the eps ball and the
 bounds, misclassified by the model) before it is counted as broken. An attack's own
 re-prediction (:meth:`bastion.attacks.Attack.run`) only decides which samples it stops
 working on; it is a claim, and claims that fail this check are reported as
-unconfirmed.
+unconfirmed. When the attacks run on an accelerated model (compiled, channels-last,
+bf16: :mod:`bastion.models.acceleration`), this check and the clean accuracy use its
+fp32 eager reference (:func:`~bastion.models.acceleration.reference_of`).
 
 The run's state is a :class:`~bastion.evaluation.state.RunState`, written as JSON (no
 pickle) atomically after each attack, so an interrupted run (Ctrl-C, kill) resumes
@@ -22,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from bastion.attacks.base import predict
+from bastion.attacks.base import AttackResult, predict
 from bastion.attacks.toolbox import per_sample
 from bastion.errors import ModelError, UsageError
 from bastion.evaluation.indicators import run_indicators as compute_indicators
@@ -34,6 +37,7 @@ from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.state import Fingerprint, RunState, Unit, unit_key
 from bastion.evaluation.suite import AttackSpec, Suite
 from bastion.fsutil import atomic_write_text
+from bastion.models.acceleration import reference_of
 from bastion.threat import ThreatModel
 
 #: Slack when re-checking that an adversarial lies inside the eps ball and the input bounds.
@@ -136,7 +140,7 @@ def add_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: 
 
 def _clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ...]:
     try:
-        correct = predict(inputs.model, inputs.x, batch_size) == inputs.y
+        correct = predict(reference_of(inputs.model), inputs.x, batch_size) == inputs.y
     except RuntimeError as exc:  # wrong input shape, dtype or device for this model
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelError(f"the model cannot classify these samples ({first}); check --model and --data") from None
@@ -145,7 +149,8 @@ def _clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ..
 
 def confirm_adversarial(model: nn.Module, threat: ThreatModel, eps: float, x: torch.Tensor, y: torch.Tensor,
                         x_adv: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """bool per sample: ``x_adv`` is finite, inside the eps ball and the bounds, and misclassified.
+    """bool per sample: ``x_adv`` is finite, inside the eps ball and the bounds, and misclassified
+    by ``model`` in fp32 eager (its reference, if it is accelerated).
 
     The independent check whose verdict a benchmark counts (see the module docstring).
     """
@@ -155,8 +160,23 @@ def confirm_adversarial(model: nn.Module, threat: ThreatModel, eps: float, x: to
     lo, hi = threat.bounds
     inside = threat.distance(x, safe) <= eps + TOLERANCE * max(1.0, eps)
     in_bounds = ((safe >= lo - TOLERANCE) & (safe <= hi + TOLERANCE)).flatten(1).all(dim=1)
-    wrong = predict(model, safe, batch_size) != y
+    wrong = predict(reference_of(model), safe, batch_size) != y
     return finite & inside & in_bounds & wrong
+
+
+class Rechecked(NamedTuple):
+    clean_correct: torch.Tensor  # bool per sample, by the model in fp32 eager
+    robust: torch.Tensor         # bool per sample: clean_correct and not confirmed broken
+    unconfirmed: int             # the attack's claims that failed confirm_adversarial
+
+
+def confirmed_robust(model: nn.Module, threat: ThreatModel, x: torch.Tensor, y: torch.Tensor, result: AttackResult,
+                     batch_size: int | None = None) -> Rechecked:
+    """One attack result after the check of record, for a single attack run outside a benchmark."""
+    clean = predict(reference_of(model), x, batch_size) == y
+    claimed = result.success.to(x.device)
+    confirmed = confirm_adversarial(model, threat, result.eps, x, y, result.x_adv, batch_size)
+    return Rechecked(clean, clean & ~(claimed & confirmed), int((claimed & ~confirmed).sum()))
 
 
 def _run_unit(inputs: BenchInputs, suite: Suite, spec: AttackSpec, threat: ThreatModel, standing: list[int],

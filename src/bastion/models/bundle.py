@@ -2,11 +2,13 @@
 
     my-model/
       bastion.toml          name, version, input shape, bounds, classes, architecture, training info
-      model.safetensors     weights (or model.pt2, a torch.export program)
+      model.safetensors     weights (or model.pt2, a torch.export program, or model.onnx)
 
 Loading never unpickles anything. The architecture is a name from
 :data:`~bastion.models.architectures.ARCHITECTURES`; a ``module:factory``
 reference imports code, so it is refused unless the caller passes ``trust_code=True``.
+A ``pt2`` or ``onnx`` bundle needs no architecture (its file holds the graph); its
+``architecture`` is informational.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from bastion.errors import ModelError
 from bastion.fsutil import atomic_path, atomic_write_text
-from bastion.models.formats import build_architecture, load_program, load_safetensors_into
+from bastion.models.formats import build_architecture, load_onnx_file, load_program, load_safetensors_into
 from bastion.models.loaded import LoadedModel
 from bastion.models.wrappers import bundle_wrapper
 from bastion.tomlfile import read_toml
@@ -29,6 +31,8 @@ from bastion.tomlfile import read_toml
 META_FILE = "bastion.toml"
 WEIGHTS_FILE = "model.safetensors"
 PROGRAM_FILE = "model.pt2"
+ONNX_FILE = "model.onnx"
+FORMATS = ("safetensors", "pt2", "onnx")
 
 
 @dataclass
@@ -84,8 +88,8 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
         meta.bounds = [float(b) for b in meta.bounds]
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: bad value ({exc})") from None
-    if meta.format not in ("safetensors", "pt2"):
-        raise ModelError(f"{path}: format must be safetensors or pt2, got {meta.format!r}")
+    if meta.format not in FORMATS:
+        raise ModelError(f"{path}: format must be one of {', '.join(FORMATS)}, got {meta.format!r}")
     return meta
 
 
@@ -93,12 +97,20 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
 WRAPPED_SECTIONS = ("sanitizer",)
 
 
-def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False) -> LoadedModel:
-    """Load a bundle as a :class:`~bastion.models.loaded.LoadedModel`."""
+def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False, onnx_runtime: bool = False) -> LoadedModel:
+    """Load a bundle as a :class:`~bastion.models.loaded.LoadedModel` (an ``onnx`` one on onnxruntime
+    with ``onnx_runtime``)."""
     bundle = Path(bundle_dir)
     meta = read_meta(bundle)
+    kind = ""
     if meta.format == "pt2":
         module = load_program(bundle / PROGRAM_FILE)
+    elif meta.format == "onnx":
+        onnx_model = load_onnx_file(bundle / ONNX_FILE, onnx_runtime)
+        if onnx_model.input_shape != tuple(meta.input_shape):
+            raise ModelError(f"{bundle / META_FILE}: input_shape {meta.input_shape} differs from the ONNX graph's "
+                             f"{list(onnx_model.input_shape)}")
+        module, kind = onnx_model.module, onnx_model.format
     else:
         module = build_architecture(meta.architecture, meta.num_classes, trust_code=trust_code)
         load_safetensors_into(module, bundle / WEIGHTS_FILE)
@@ -111,7 +123,8 @@ def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False) -> LoadedMo
                                  "(see bastion.models.wrappers); refusing to load the model without it")
             module = wrap(module, value, f"{bundle / META_FILE}: {section}")
     return LoadedModel(module=module, name=meta.name, input_shape=tuple(meta.input_shape),
-                       num_classes=meta.num_classes, bounds=tuple(meta.bounds), source=str(bundle), meta=meta)
+                       num_classes=meta.num_classes, bounds=tuple(meta.bounds), source=str(bundle), meta=meta,
+                       format=kind)
 
 
 def _drop_none(obj):

@@ -1,6 +1,6 @@
 """Building a model from what bastion reads without unpickling: an architecture name (or, only when
 trusted, a ``package.module:factory``), safetensors weights or a ``weights_only`` state dict, and
-``torch.export`` programs."""
+``torch.export`` programs, ONNX files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from bastion.errors import ModelError
 from bastion.models.architectures import ARCHITECTURES
+from bastion.models.loaded import LoadedModel
 
 #: Suffixes of pickle-based files: never loaded as whole models.
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
@@ -88,3 +89,14 @@ def load_program(path: Path) -> nn.Module:
     except Exception as exc:  # torch raises many types for a corrupt archive
         raise ModelError(f"{path}: not a valid torch.export program ({type(exc).__name__}: {exc})") from None
     return program.module()
+
+
+def load_onnx_file(path: Path, runtime: bool) -> LoadedModel:
+    """An ``.onnx`` file, converted to torch or (``runtime``) on onnxruntime. The onnx packages (the
+    ``onnx`` extra) are imported only here, when a model needs them."""
+    try:
+        from bastion.models.onnx import load_onnx
+    except ImportError as exc:
+        raise ModelError(f"{path}: ONNX models need the onnx and onnxruntime packages "
+                         f"(pip install 'bastion[onnx]'; {exc})") from None
+    return load_onnx(path, runtime=runtime)

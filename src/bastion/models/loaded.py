@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from bastion.errors import ModelError
@@ -21,6 +23,9 @@ class LoadedModel:
     bounds: tuple[float, float] = (0.0, 1.0)
     source: str = ""
     meta: Any = None  # the bundle's BundleMeta, for bundles and zoo models
+    #: What the module was built from where that matters to a caller: "onnx" (converted to torch) or
+    #: "onnx-runtime" (forward only, on onnxruntime); "" for torch formats.
+    format: str = ""
 
 
 def unwrap(model: Any) -> nn.Module:
@@ -49,3 +54,9 @@ def set_eval(module: nn.Module) -> None:
         pass  # torch.export modules refuse .eval(); they were exported in the mode they run in
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter or buffer (the CPU for a module with neither)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")

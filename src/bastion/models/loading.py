@@ -1,8 +1,9 @@
 """Resolve a model reference to an ``nn.Module`` in eval mode, without unpickling anything.
 
 A reference is one of: a zoo name, a bundle directory, a ``.pt2`` torch.export
-program, ``package.module:factory`` together with a ``.safetensors`` weights file,
-an ``nn.Module``, or an ART ``PyTorchClassifier``.
+program, an ``.onnx`` file (:mod:`bastion.models.onnx`), ``package.module:factory``
+together with a ``.safetensors`` weights file, an ``nn.Module``, or an ART
+``PyTorchClassifier``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 
 from bastion.errors import ModelError
 from bastion.models.bundle import load_bundle
-from bastion.models.formats import (PICKLE_SUFFIXES, build_architecture, load_program, load_safetensors_into,
-                                    load_weights_into)
+from bastion.models.formats import (PICKLE_SUFFIXES, build_architecture, load_onnx_file, load_program,
+                                    load_safetensors_into, load_weights_into)
 from bastion.models.loaded import LoadedModel, as_module, set_eval, unwrap
 from bastion.models.zoo import ZOO, zoo_path
 
@@ -25,8 +26,12 @@ __all__ = ["LoadedModel", "as_module", "build_architecture", "load_model", "load
 
 
 def load_model(ref: Any, *, weights: str | Path | None = None, device: str | torch.device = "cpu",
-               trust_code: bool = False) -> LoadedModel:
-    """Resolve ``ref`` (see module docstring) to a :class:`LoadedModel` on ``device``."""
+               trust_code: bool = False, onnx_runtime: bool = False) -> LoadedModel:
+    """Resolve ``ref`` (see module docstring) to a :class:`LoadedModel` on ``device``.
+
+    An ONNX model (a file, or a bundle of format ``onnx``) is converted to torch, or with
+    ``onnx_runtime`` run on onnxruntime (forward only); other models ignore ``onnx_runtime``.
+    """
     if not isinstance(ref, (str, Path)):
         loaded = LoadedModel(module=as_module(ref), name=type(ref).__name__, source="object")
     else:
@@ -38,9 +43,11 @@ def load_model(ref: Any, *, weights: str | Path | None = None, device: str | tor
             loaded = load_bundle(zoo_path(text))
             loaded.source = f"zoo:{text}"
         elif path.is_dir():
-            loaded = load_bundle(path, trust_code=trust_code)
+            loaded = load_bundle(path, trust_code=trust_code, onnx_runtime=onnx_runtime)
         elif path.suffix == ".pt2":
             loaded = LoadedModel(module=load_program(path), name=path.stem, source=str(path))
+        elif path.suffix == ".onnx" and path.exists():
+            loaded = load_onnx_file(path, onnx_runtime)
         elif ":" in text and not path.exists():
             if weights is None:
                 raise ModelError(f"{text}: a factory reference needs --weights FILE.safetensors")
@@ -55,7 +62,7 @@ def load_model(ref: Any, *, weights: str | Path | None = None, device: str | tor
         else:
             names = ", ".join(ZOO)
             raise ModelError(f"unknown model {text!r}: use a zoo name ({names}), a bundle directory, "
-                             "a .pt2 file, or package.module:factory with --weights")
+                             "a .pt2 or .onnx file, or package.module:factory with --weights")
     set_eval(loaded.module)
     loaded.module.to(device)
     return loaded
