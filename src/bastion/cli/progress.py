@@ -85,11 +85,14 @@ class BenchProgress:
         self.progress = progress
 
     def __call__(self, event) -> None:
-        from bastion.evaluation.runner import IndicatorsStarted, Resumed, UnitFinished, UnitStarted
+        from bastion.evaluation.runner import IndicatorsStarted, OrderChosen, Resumed, UnitFinished, UnitStarted
 
         show = self.progress
         if isinstance(event, Resumed):
             show.line(f"resuming: {len(event.state.units)} attack run(s) already finished")
+        elif isinstance(event, OrderChosen) and event.order.adapted:
+            show.line(f"attack order adapted: {', '.join(event.order.attacks)} (the gradient probe found "
+                      "unusable gradients)")
         elif isinstance(event, UnitStarted):
             description = f"eps {event.eps:g} {event.attack} on {event.standing} samples"
             show.start(description, event.total, completed=event.position - 1)
