@@ -96,3 +96,16 @@ def test_a_masked_model_gets_the_full_square_budget(tmp_path):
     square = next(u for u in state.units if u.attack == "square-check")
     assert state.units[0] is square
     assert square.params["check_queries"] == square.params["n_queries"] == 60
+
+
+def test_a_sharded_run_chooses_one_order_for_every_shard(tmp_path):
+    from bastion.evaluation.executors import LocalExecutor, run_sharded
+    from bastion.evaluation.shards import ShardLayout
+
+    suite = load_suite(write_suite(tmp_path / "s.toml", WHITE_THEN_BLACK, eps="0.2"))
+    data = self_labelled(linear_model(), n=24)
+    inputs = BenchInputs(Quantized(linear_model()), data.x, data.y, data.bounds, 4)
+    sharded = run_sharded(inputs, suite, ShardLayout.contiguous(24, 8, seed=0), LocalExecutor())
+    _, whole = run(Quantized(linear_model()), tmp_path, n=24)
+    assert all(r.state.order == whole.order for r in sharded.results)  # planned once, on the whole run
+    assert sharded.state.order.adapted and sharded.state.order == whole.order

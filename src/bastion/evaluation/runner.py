@@ -101,21 +101,27 @@ def fingerprint(inputs: BenchInputs, suite: Suite, seed: int) -> Fingerprint:
 
 def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: Path | None = None,
               resume: bool = False, batch_size: int | None = None, on_event: EventHook | None = None,
-              run_indicators: bool = True, order: Order | None = None) -> RunState:
+              run_indicators: bool = True, attack_seed: int | None = None,
+              order: Order | None = None) -> RunState:
     """Run every attack of ``suite`` at every eps; return the run's state (see module docstring).
 
-    ``order`` imposes an order chosen elsewhere (a distributed executor chooses it once, with
+    ``seed`` is the run's; ``attack_seed`` (default: ``seed``) seeds the attacks. They differ
+    only in a shard of a sharded run, whose attacks take the shard's seed
+    (:func:`bastion.evaluation.shards.shard_seed`) while its state keeps the run's.
+
+    ``order`` imposes an order chosen elsewhere (a sharded run chooses it once, with
     :func:`plan_order` on the whole run's inputs, and gives it to every shard); by default the
     run chooses its own, and a resumed run keeps the order it started with.
     """
     emit = on_event or (lambda event: None)
+    attack_seed = seed if attack_seed is None else attack_seed
     expected = fingerprint(inputs, suite, seed)
     state = _load_checkpoint(checkpoint, expected) if resume and checkpoint else None
     if state is not None:
         emit(Resumed(state))
     else:
         state = RunState(fingerprint=expected, samples=tuple(inputs.index.tolist()),
-                         clean_correct=_clean_correct(inputs, batch_size))
+                         clean_correct=clean_correct(inputs, batch_size))
         _save(checkpoint, state)
     if state.order is None:
         state = state.with_order(order or plan_order(inputs, suite, state.clean_correct, seed=seed,
@@ -134,19 +140,28 @@ def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: P
                 continue
             standing = state.standing(eps)
             emit(UnitStarted(eps=eps, attack=label, standing=len(standing), position=position, total=total))
-            unit = _run_unit(inputs, suite, specs[label], threat, standing, seed, batch_size,
+            unit = _run_unit(inputs, suite, specs[label], threat, standing, seed, attack_seed, batch_size,
                              masked=state.order.gradients_masked)
             state = state.with_unit(unit)
             _save(checkpoint, state)
             emit(UnitFinished(unit))
 
     if run_indicators and state.indicators is None:
-        emit(IndicatorsStarted())
-        start = time.perf_counter()
-        found = compute_indicators(inputs, suite, state, seed=seed)
-        state = state.with_indicators(found, time.perf_counter() - start + state.order.probe_seconds)
+        state = add_indicators(inputs, suite, state, seed=seed, on_event=emit)
         _save(checkpoint, state)
-        emit(IndicatorsFinished(state.indicator_seconds))
+    return state
+
+
+def add_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: int,
+                   on_event: EventHook | None = None) -> RunState:
+    """``state`` with the attack-failure indicators of the whole run it describes (computed once per run)."""
+    emit = on_event or (lambda event: None)
+    emit(IndicatorsStarted())
+    start = time.perf_counter()
+    found = compute_indicators(inputs, suite, state, seed=seed)
+    probed = state.order.probe_seconds if state.order is not None else 0.0  # the probe ran before the attacks
+    state = state.with_indicators(found, time.perf_counter() - start + probed)
+    emit(IndicatorsFinished(state.indicator_seconds))
     return state
 
 
@@ -184,7 +199,7 @@ def plan_order(inputs: BenchInputs, suite: Suite, clean_correct: tuple[int, ...]
                         "the declared order; only which attack broke a sample first (and the time) changed.")
 
 
-def _clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ...]:
+def clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ...]:
     try:
         correct = predict(inputs.model, inputs.x, batch_size) == inputs.y
     except RuntimeError as exc:  # wrong input shape, dtype or device for this model
@@ -210,12 +225,14 @@ def confirm_adversarial(model: nn.Module, threat: ThreatModel, eps: float, x: to
 
 
 def _run_unit(inputs: BenchInputs, suite: Suite, spec: AttackSpec, threat: ThreatModel, standing: list[int],
-              seed: int, batch_size: int | None, *, masked: bool = False) -> Unit:
-    attack = suite.build(spec, threat, seed=seed, batch_size=batch_size)
+              seed: int, attack_seed: int, batch_size: int | None, *, masked: bool = False) -> Unit:
+    attack = suite.build(spec, threat, seed=attack_seed, batch_size=batch_size)
     if masked:
         attack = attack.for_masked_gradients()
+    # The unit records the run's seed, so the shards of one run merge; each shard's own
+    # attack seed follows from it and the shard's index (the report's execution.shards).
     unit = Unit(eps=threat.single, attack=spec.label, name=spec.name, family=attack.family,
-                params=attack.params(), standing=len(standing))
+                params={**attack.params(), "seed": seed}, standing=len(standing))
     if not standing:
         return unit
     where = inputs.positions(standing)

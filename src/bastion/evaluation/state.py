@@ -98,7 +98,7 @@ class Order:
     reason: str                       # one sentence for the report
     gradients_masked: bool = False    # the gradient probe found unusable gradients
     probe: tuple[Indicator, ...] = ()  # the probe's verdicts, when it ran before the attacks
-    probe_seconds: float = 0.0
+    probe_seconds: float = field(default=0.0, compare=False)  # a time, not an outcome
 
     def to_dict(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "adapted": self.adapted, "reason": self.reason,
