@@ -30,6 +30,21 @@ restarts of 5,000 queries), so N defaults to 20: about 11 CPU-minutes for the wh
     python benchmarks/bench_vs_art.py [--n 20] [--model mnist-cnn-robust] [--skip-default]
 
 The last line printed is one JSON object: {"ratios": {...}, "robust_accuracy": {...}, ...}.
+
+--fast: the fast suite against the standard suite and ART (issue 13). On each model of
+--models, in one run: the standard suite (adaptive order), the fast suite (attacks/fast.toml)
+and ART's AutoAttack (same budgets, and its defaults unless --skip-default; --skip-art skips
+both); on each model of --masked also the standard suite in the order the suite declares
+(the fixed order of earlier versions). A model is a model reference, or a wrapper of one:
+round:M (torch.round of the input: zero gradients, no BPDA), x1000:M (logits times 1,000:
+cross-entropy saturates), softmax:M (probabilities instead of logits). It prints a table (robust
+accuracy, the samples the fast suite and the standard suite disagree on, CPU seconds, model
+evaluations, compute floor, ratios) and a final JSON line {"ratios": {...}, "targets": {...}, ...}:
+
+    python benchmarks/bench_vs_art.py --fast --n 1000 --skip-default \
+        --models mnist-cnn,mnist-cnn-robust,mnist-cnn-gaussian,mnist-fast,x1000:mnist-cnn-robust,softmax:mnist-cnn-robust \
+        --masked round:mnist-cnn
+    python benchmarks/bench_vs_art.py --fast --n 10     # smoke run of the whole pipeline
 """
 
 from __future__ import annotations
@@ -195,15 +210,160 @@ def art_same_budget(module, x: np.ndarray, y: np.ndarray, n: int, calls: ModelCa
             "per_attack": per_stage}
 
 
+class Rounded(torch.nn.Module):
+    """torch.round of the input before the model: gradients are zero everywhere (masked), no BPDA."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x))
+
+
+class Scaled(torch.nn.Module):
+    """Logits times 1,000: cross-entropy (and its gradient) saturates on every confident sample."""
+
+    def __init__(self, inner, scale: float = 1000.0):
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x):
+        return self.inner(x) * self.scale
+
+
+class Softmaxed(torch.nn.Module):
+    """Probabilities instead of logits: every margin saturates near 0 or 1."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.softmax(self.inner(x), dim=1)
+
+
+WRAPPERS = {"round": Rounded, "x1000": Scaled, "softmax": Softmaxed}
+
+
+def load_reference(ref: str):
+    """A model reference, or WRAPPER:reference (see --fast in the module docstring)."""
+    from bastion.models.loaded import LoadedModel
+
+    wrapper, _, inner = ref.partition(":") if ref.split(":", 1)[0] in WRAPPERS else ("", "", ref)
+    model = load_model(inner)
+    if not wrapper:
+        return model
+    return LoadedModel(module=WRAPPERS[wrapper](model.module).eval(), name=ref, input_shape=model.input_shape,
+                       num_classes=model.num_classes, bounds=model.bounds, source=ref)
+
+
+def suite_run(model, data, suite_name: str, seed: int, calls: ModelCalls, *, fixed_order: bool = False) -> dict:
+    """One bastion suite on ``model``: the report's figures, the robust samples, counts and floor."""
+    from bastion.evaluation import BenchInputs, run_suite
+    from bastion.evaluation.report import build_report
+    from bastion.evaluation.state import Order
+
+    suite = load_suite(suite_name)
+    order = Order(tuple(a.label for a in suite.attacks), adapted=False,
+                  reason="The order the suite declares (forced).") if fixed_order else None
+    inputs = BenchInputs(model.module, data.x, data.y, tuple(data.bounds), 10)
+    calls.take()  # the digests above are not part of the run
+    with Clock() as clock:
+        state = run_suite(inputs, suite, seed=seed, order=order)
+    counts = calls.take()
+    report = build_report(state, suite, data.y, 10, run={"model": {"name": model.name}, "data": {"name": "mnist"}})
+    result = report["results"][-1]
+    return {"robust_accuracy": result["robust_accuracy"], **clock.fields(), **counts,
+            "robust": set(result["robust_indices"]), "order": [u.attack for u in state.units],
+            "order_adapted": report["order"]["adapted"],
+            "indicators_fired": report["summary"]["indicators_fired"],
+            "per_attack": {a["attack"]: a["broken_first"] for a in result["attacks"]}}
+
+
+def fast_mode(args) -> None:
+    """The fast suite vs the standard suite vs ART (see the module docstring)."""
+    data = load_data("mnist").take(args.n)
+    x, y = data.x.numpy(), data.y.numpy()
+    models = [m for m in args.models.split(",") if m] + [m for m in args.masked.split(",") if m]
+    print(f"fast vs standard vs ART: {args.n} MNIST test samples, Linf eps {EPS}, 1 thread, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    table, ratios, targets, accuracy, disagreements = [], {}, {}, {}, {}
+    for ref in models:
+        model = load_reference(ref)
+        calls = ModelCalls(model.module, data.x)
+        runs = {"standard": suite_run(model, data, "standard", args.seed, calls)}
+        if ref in args.masked.split(","):
+            runs["standard-fixed-order"] = suite_run(model, data, "standard", args.seed, calls, fixed_order=True)
+        runs["fast"] = suite_run(model, data, "fast", args.seed, calls)
+        if not args.skip_art:
+            runs["art-same-budget"] = art_same_budget(model.module, x, y, args.n, calls)
+            if not args.skip_default:
+                runs["art-default"] = art_default(model.module, x, y, args.n, calls)
+        for name, r in runs.items():
+            print(f"  {ref} {name} done: robust {r['robust_accuracy']:.2%}, cpu {r['cpu_seconds']:.1f} s, "
+                  f"floor {r['floor_seconds']:.1f} s", flush=True)
+        std, fast = runs["standard"], runs["fast"]
+        misses, extra = sorted(fast["robust"] - std["robust"]), sorted(std["robust"] - fast["robust"])
+        disagreements[ref] = {"fast_robust_standard_broke": misses, "standard_robust_fast_broke": extra}
+        accuracy[ref] = {name: r["robust_accuracy"] for name, r in runs.items()}
+        ratios[f"{ref}:standard_cpu_over_floor"] = round(std["cpu_seconds"] / std["floor_seconds"], 3)
+        ratios[f"{ref}:standard_floor_over_fast_floor"] = round(std["floor_seconds"] / fast["floor_seconds"], 2)
+        ratios[f"{ref}:standard_cpu_over_fast_cpu"] = round(std["cpu_seconds"] / fast["cpu_seconds"], 2)
+        targets[f"{ref}:fast_within_0.3_points_of_standard"] = (
+            fast["robust_accuracy"] <= std["robust_accuracy"] + 0.003 + 1e-9)
+        targets[f"{ref}:fast_at_most_a_fifth_of_standard_compute"] = fast["floor_seconds"] * 5 <= std["floor_seconds"]
+        if "art-default" in runs:
+            art = runs["art-default"]
+            ratios[f"{ref}:art_default_cpu_over_fast_cpu"] = round(art["cpu_seconds"] / fast["cpu_seconds"], 2)
+            targets[f"{ref}:fast_20x_less_cpu_than_art_default"] = art["cpu_seconds"] >= 20 * fast["cpu_seconds"]
+            targets[f"{ref}:fast_no_higher_than_art_default"] = fast["robust_accuracy"] <= art["robust_accuracy"]
+        if "standard-fixed-order" in runs:
+            fixed = runs["standard-fixed-order"]
+            ratios[f"{ref}:fixed_order_cpu_over_adapted"] = round(fixed["cpu_seconds"] / std["cpu_seconds"], 2)
+            targets[f"{ref}:adapted_order_5x_faster"] = fixed["cpu_seconds"] >= 5 * std["cpu_seconds"]
+            targets[f"{ref}:adapted_order_same_worst_case"] = fixed["robust"] == std["robust"]
+        else:
+            targets[f"{ref}:standard_within_1.05x_floor"] = std["cpu_seconds"] <= 1.05 * std["floor_seconds"]
+        for name, r in runs.items():
+            table.append((ref, name, r, std))
+
+    print(f"\n{'model':<28}{'run':<22}{'robust':>8}{'fast-only robust':>18}{'cpu s':>9}{'forwards':>11}"
+          f"{'gradients':>11}{'floor s':>9}{'cpu/floor':>11}{'floor/std floor':>17}{'cpu/std cpu':>13}")
+    for ref, name, r, std in table:
+        only = len(disagreements[ref]["fast_robust_standard_broke"]) if name == "fast" else ""
+        print(f"{ref:<28}{name:<22}{r['robust_accuracy']:>8.2%}{only!s:>18}{r['cpu_seconds']:>9.1f}"
+              f"{r['forward_samples']:>11}{r['gradient_samples']:>11}{r['floor_seconds']:>9.1f}"
+              f"{r['cpu_seconds'] / max(r['floor_seconds'], 1e-9):>10.2f}x"
+              f"{r['floor_seconds'] / max(std['floor_seconds'], 1e-9):>16.3f}x"
+              f"{r['cpu_seconds'] / max(std['cpu_seconds'], 1e-9):>12.3f}x")
+    print("fast-only robust: samples the fast suite left robust that the standard suite broke (listed in the JSON); "
+          "floor: the run's model evaluations priced at the per-sample costs timed beside it")
+    for ref, d in disagreements.items():
+        print(f"  {ref}: fast robust / standard broke {d['fast_robust_standard_broke']}; "
+              f"standard robust / fast broke {d['standard_robust_fast_broke']}")
+    print(json.dumps({"ratios": ratios, "targets": targets, "targets_met": all(targets.values()),
+                      "robust_accuracy": accuracy, "disagreements": disagreements, "n": args.n, "eps": EPS}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20, help="number of test samples (ART's Square is slow)")
     parser.add_argument("--model", default=None, help="default: mnist-cnn-robust if installed, else mnist-cnn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-default", action="store_true", help="skip ART's default AutoAttack (slowest)")
+    parser.add_argument("--fast", action="store_true", help="the fast suite vs the standard suite vs ART")
+    parser.add_argument("--models", default="mnist-cnn-robust,mnist-cnn,x1000:mnist-cnn-robust",
+                        help="--fast: comma-separated models (references or WRAPPER:reference)")
+    parser.add_argument("--masked", default="round:mnist-cnn",
+                        help="--fast: models also run in the standard suite's fixed order")
+    parser.add_argument("--skip-art", action="store_true", help="--fast: no ART runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("art").setLevel(logging.ERROR)
+    if args.fast:
+        fast_mode(args)
+        return
     model_name = args.model or ("mnist-cnn-robust" if (zoo_path("mnist-cnn-robust") / "bastion.toml").is_file()
                                 else "mnist-cnn")
     model = load_model(model_name)

@@ -49,6 +49,17 @@ class Quantized(nn.Module):
         return self.inner(torch.round(x * 4) / 4)
 
 
+class Saturated(nn.Module):
+    """Scales the logits by 1,000: cross-entropy's gradient vanishes on every confident sample."""
+
+    def __init__(self, inner: nn.Module, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x):
+        return self.inner(x) * self.scale
+
+
 class Noisy(nn.Module):
     """Adds fresh noise to the logits on every pass: a randomized model."""
 

@@ -15,10 +15,12 @@ FAST = {
     "apgd-ce": {"steps": 10},
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 5, "n_target_classes": 3},
+    "apgd-mm": {"steps": 5, "n_target_classes": 2, "extra_target_classes": 2},
     "fab-t": {"steps": 10, "n_target_classes": 3},
     "cw-l2": {"steps": 30, "binary_search_steps": 4, "lr": 0.1, "initial_const": 1.0},
     "deepfool": {"steps": 20},
     "square": {"n_queries": 300},
+    "square-check": {"n_queries": 300, "check_queries": 100},
     "art": {"attack": "FastGradientMethod"},
 }
 #: A budget large enough to move an 8x8 input anywhere in [0, 1]^64.
@@ -137,3 +139,20 @@ def test_square_respects_its_query_budget(setup):
     model, x, y = setup
     (result,) = get_attack("square")(ThreatModel(norm="linf", eps=0.02), n_queries=50).run(model, x, y)
     assert result.queries <= (50 + 1) * len(x)  # + the base's clean prediction
+
+
+@pytest.mark.parametrize("name", ["fab-t", "apgd-t", "apgd-mm"])
+def test_targets_sharing_a_batch_keep_the_attack_as_strong(setup, name):
+    """Batch size 1 runs one target at a time; the default batch runs several targets of a sample
+    together. FAB-T has no random start, so the same samples fall; the APGD attacks draw their
+    random starts in another order, so their strength (not each sample) must match."""
+    model, x, y = setup
+    threat = ThreatModel(norm="linf", eps=MODERATE_EPS["linf"])
+    params = {**FAST[name], "n_target_classes": 4}
+    one_at_a_time = get_attack(name)(threat, batch_size=1, **params).run(model, x, y)[0]
+    batched = get_attack(name)(threat, **params).run(model, x, y)[0]
+    assert 0 < int(batched.robust.sum()) < len(x)
+    if name == "fab-t":
+        assert torch.equal(one_at_a_time.robust, batched.robust)
+    else:
+        assert abs(int(one_at_a_time.robust.sum()) - int(batched.robust.sum())) <= 1

@@ -28,7 +28,7 @@ def error_of(path) -> str:
 
 def test_shipped_suites_are_listed_and_load():
     names = list_names("attacks")
-    assert {"quick", "standard", "l2", "sweep"} <= set(names)
+    assert {"quick", "standard", "fast", "l2", "sweep"} <= set(names)
     for name in names:
         suite = load_suite(name)
         assert suite.attacks and suite.epsilons

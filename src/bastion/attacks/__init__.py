@@ -14,7 +14,8 @@ Importing this package registers every attack in :data:`~bastion.attacks.registr
 """
 
 # Imported for their side effect: each module registers its attacks.
-from bastion.attacks import apgd, apgd_t, art_adapter, cw, deepfool, fab, fgsm, pgd, square  # noqa: F401
+from bastion.attacks import (  # noqa: F401
+    apgd, apgd_mm, apgd_t, art_adapter, cw, deepfool, fab, fgsm, pgd, square, square_check)
 from bastion.attacks.base import Attack, AttackResult, ce_loss, dlr_loss, predict
 from bastion.attacks.registry import ATTACKS, get_attack, register
 

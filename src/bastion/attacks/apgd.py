@@ -46,14 +46,20 @@ def checkpoints(steps: int) -> list[int]:
 
 
 def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: Loss, *,
-         steps: int, rho: float, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start.
+         steps: int, rho: float, target: torch.Tensor | None = None,
+         siblings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start, on every row of ``x``.
 
-    Returns the points (the first misclassified iterate of each sample, else its point of
-    highest loss) and a bool mask of the samples that were misclassified.
+    Returns the points (the first misclassified iterate of each row, else its point of
+    highest loss), a bool mask of the rows that were misclassified, and the loss at each
+    returned point. ``siblings`` (one id per row) groups rows that attack the same sample (one row
+    per target class): once one of them is misclassified the others stop too, their
+    point and loss as they were then.
     """
     project = attack.threat.project
     out, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best_loss = torch.full((len(x),), float("-inf"), device=x.device)
+    done = _Done(out, fooled, best_loss, y, siblings)
 
     def loss_of(rows):  # the loss of the working batch, whose rows of x are ``rows``
         return lambda logits, labels: loss_fn(logits, labels, None if target is None else target[rows])
@@ -68,7 +74,7 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         "increases": torch.zeros(len(x), device=x.device),
         "loss_best_at_check": loss, "halved_at_check": torch.ones(len(x), dtype=torch.bool, device=x.device),
     }
-    s = _drop_fooled(s, logits, y, out, fooled)
+    s = done.drop(s, logits)
     marks, last_mark = checkpoints(steps), 0
     for k in range(1, steps + 1):
         if len(s["rows"]) == 0:
@@ -89,7 +95,7 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
         s["x_best"] = torch.where(per_sample(better, x_new), x_new, s["x_best"])
         s["grad_best"] = torch.where(per_sample(better, grad), grad, s["grad_best"])
         s["loss_best"] = torch.where(better, loss, s["loss_best"])
-        s = _drop_fooled(s, logits, y, out, fooled)  # logits belong to s["x_adv"] until the checkpoint below
+        s = done.drop(s, logits)  # logits belong to s["x_adv"] until the checkpoint below
         if marks and k == marks[0]:
             few_increases = s["increases"] < rho * (k - last_mark)
             stalled = ~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])
@@ -101,19 +107,36 @@ def apgd(attack: Attack, model, x: torch.Tensor, y: torch.Tensor, eps: float, lo
             s["halved_at_check"], s["loss_best_at_check"] = halve, s["loss_best"]
             s["increases"] = torch.zeros_like(s["increases"])
             last_mark = marks.pop(0)
-    out[s["rows"]] = s["x_best"]
-    return out, fooled
+    out[s["rows"]], best_loss[s["rows"]] = s["x_best"], s["loss_best"]
+    return out, fooled, best_loss
 
 
-def _drop_fooled(s: dict, logits: torch.Tensor, y: torch.Tensor, out: torch.Tensor, fooled: torch.Tensor) -> dict:
-    """Write misclassified iterates to ``out``, mark them, and remove them from the working batch."""
-    now_fooled = logits.argmax(1) != y[s["rows"]]
-    if not now_fooled.any():
-        return s
-    out[s["rows"][now_fooled]] = s["x_adv"][now_fooled]
-    fooled[s["rows"][now_fooled]] = True
-    keep = ~now_fooled
-    return {name: value[keep] for name, value in s.items()}
+class _Done:
+    """Where :func:`apgd` puts the rows that leave its working batch."""
+
+    def __init__(self, out, fooled, best_loss, y, siblings) -> None:
+        self.out, self.fooled, self.best_loss, self.y, self.siblings = out, fooled, best_loss, y, siblings
+        self.samples = int(siblings.max()) + 1 if siblings is not None and len(siblings) else 0
+
+    def drop(self, s: dict, logits: torch.Tensor) -> dict:
+        """Write misclassified iterates to ``out``, mark them, and remove them (and their siblings)
+        from the working batch."""
+        now_fooled = logits.argmax(1) != self.y[s["rows"]]
+        if not now_fooled.any():
+            return s
+        rows = s["rows"]
+        self.out[rows[now_fooled]], self.best_loss[rows[now_fooled]] = s["x_adv"][now_fooled], s["loss"][now_fooled]
+        self.fooled[rows[now_fooled]] = True
+        leave = now_fooled
+        if self.siblings is not None:
+            owner = self.siblings[rows]
+            finished = torch.zeros(self.samples, dtype=torch.bool, device=rows.device)
+            finished[owner[now_fooled]] = True
+            leave = finished[owner]
+            stopped = leave & ~now_fooled
+            self.out[rows[stopped]], self.best_loss[rows[stopped]] = s["x_best"][stopped], s["loss_best"][stopped]
+        keep = ~leave
+        return {name: value[keep] for name, value in s.items()}
 
 
 APGD_PARAMS = Params(
@@ -135,7 +158,7 @@ class UntargetedAPGD(Attack):
         best = x.clone()
         alive = torch.arange(len(x), device=x.device)
         for _ in range(self.restarts):
-            found, fooled = apgd(self, model, x[alive], y[alive], eps, objective, steps=self.steps, rho=self.rho)
+            found, fooled, _ = apgd(self, model, x[alive], y[alive], eps, objective, steps=self.steps, rho=self.rho)
             best[alive] = found
             alive = alive[~fooled]
             if len(alive) == 0:

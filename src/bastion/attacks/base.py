@@ -124,6 +124,15 @@ class Attack:
         """Hyperparameters, for reports."""
         return {"norm": self.threat.norm, "batch_size": self.batch_size or "auto", "seed": self.seed, **self.settings}
 
+    def for_masked_gradients(self) -> Attack:
+        """This attack as it should run on a model whose input gradients a probe found unusable.
+
+        Most attacks run the same either way (this one). An attack with a cheap first stage that
+        escalates only on evidence (``square-check``) returns its full-budget form: unusable
+        gradients are that evidence, found before it ran.
+        """
+        return self
+
     def batch_for(self, device: torch.device) -> int:
         """The batch size on ``device``: the one given, else :func:`default_batch_size`."""
         return self.batch_size or default_batch_size(device)
@@ -194,11 +203,16 @@ class Attack:
         return loss.detach(), grad.detach(), logits.detach()
 
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Logits without gradients (counted as queries, for score-based attacks)."""
-        with torch.no_grad():
+        """Logits without gradients (counted as queries, for score-based attacks and checks).
+
+        The forward pass runs under ``torch.inference_mode``, which skips the autograd
+        bookkeeping ``no_grad`` still does (version counters, view tracking); the logits
+        come back as an ordinary tensor.
+        """
+        with torch.inference_mode():
             out = model(x)
         self.count_queries(len(x))
-        return out
+        return out.clone()
 
     def log_loss(self, step: int, loss: torch.Tensor) -> None:
         """Record the per-sample loss at ``step`` (for the loss-trace plot and the optimisation checks)."""
@@ -269,11 +283,13 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Predicted classes, in batches (default: :func:`default_batch_size`), without gradients."""
+    """Predicted classes, in batches (default: :func:`default_batch_size`), under inference mode."""
     batch_size = batch_size or default_batch_size(x.device)
-    with torch.no_grad():
-        return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]) if len(x) else \
-            torch.empty(0, dtype=torch.long, device=x.device)
+    if not len(x):
+        return torch.empty(0, dtype=torch.long, device=x.device)
+    with torch.inference_mode():
+        classes = [model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]
+    return torch.cat(classes)  # outside inference mode: an ordinary tensor
 
 
 def _module_state(model: nn.Module) -> tuple[list[tuple[nn.Module, bool]], list[tuple[torch.Tensor, bool]]]:

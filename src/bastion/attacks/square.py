@@ -16,6 +16,7 @@ side follows the paper's schedule: ``s = sqrt(p * h * w)``, with p halved at ite
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -29,6 +30,33 @@ from bastion.errors import AttackError
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
 
 
+@dataclass
+class Search:
+    """Square's state on one batch: the best point and margin of each sample still searched."""
+
+    x: torch.Tensor         # the batch's clean inputs
+    y: torch.Tensor
+    eps: float
+    out: torch.Tensor       # what the attack returns: each adversarial as found, else the best point
+    rows: torch.Tensor      # positions in the batch of the samples still searched
+    x_best: torch.Tensor
+    margin: torch.Tensor
+
+    def drop_fooled(self) -> None:
+        fooled = self.margin < 0
+        if fooled.any():
+            self.set_aside(~fooled)
+
+    def set_aside(self, keep: torch.Tensor) -> None:
+        """Stop searching the samples outside ``keep``; their best points are what they return."""
+        self.out[self.rows[~keep]] = self.x_best[~keep]
+        self.rows, self.x_best, self.margin = self.rows[keep], self.x_best[keep], self.margin[keep]
+
+    def finish(self) -> torch.Tensor:
+        self.out[self.rows] = self.x_best
+        return self.out
+
+
 @register
 class Square(Attack):
     name = "square"
@@ -39,29 +67,32 @@ class Square(Attack):
     )
 
     def attack_batch(self, model, x, y, eps):
+        search = self.start(model, x, y, eps)
+        self.search(model, search, 1, self.n_queries)
+        return search.finish()
+
+    def start(self, model, x, y, eps) -> Search:
+        """The initial perturbation of every sample and its margin (the first query)."""
         if x.dim() != 4:
             raise AttackError(f"{self.name}: needs image inputs (N, C, H, W), got shape {tuple(x.shape)}")
+        x_best = self._init_linf(x, eps) if self.threat.norm == "linf" else self._init_l2(x, eps)
+        return Search(x=x, y=y, eps=eps, out=x.clone(), rows=torch.arange(len(x), device=x.device), x_best=x_best,
+                      margin=self._margin(model, x_best, y))
+
+    def search(self, model, s: Search, first: int, last: int) -> None:
+        """Iterations ``first`` to ``last`` of the random search (of an ``n_queries`` budget), each
+        one proposal and one query per sample still searched; a fooled sample leaves at once."""
         linf = self.threat.norm == "linf"
-        out, rows = x.clone(), torch.arange(len(x), device=x.device)
-        x_best = self._init_linf(x, eps) if linf else self._init_l2(x, eps)
-        best_margin = self._margin(model, x_best, y)
-        for i in range(1, self.n_queries + 1):
-            fooled = best_margin < 0
-            if fooled.any():
-                out[rows[fooled]] = x_best[fooled]
-                keep = ~fooled
-                rows, x_best, best_margin = rows[keep], x_best[keep], best_margin[keep]
-            if len(rows) == 0 or i == self.n_queries:
-                break
-            p = self._p(i)
-            x0 = x[rows]
-            x_new = self._step_linf(x0, x_best, p, eps) if linf else self._step_l2(x0, x_best, p, eps)
-            new_margin = self._margin(model, x_new, y[rows])
-            better = new_margin < best_margin
-            x_best = torch.where(per_sample(better, x_new), x_new, x_best)
-            best_margin = torch.where(better, new_margin, best_margin)
-        out[rows] = x_best
-        return out
+        for i in range(first, last + 1):
+            s.drop_fooled()
+            if len(s.rows) == 0 or i == last:
+                return
+            p, x0 = self._p(i), s.x[s.rows]
+            x_new = self._step_linf(x0, s.x_best, p, s.eps) if linf else self._step_l2(x0, s.x_best, p, s.eps)
+            new_margin = self._margin(model, x_new, s.y[s.rows])
+            better = new_margin < s.margin
+            s.x_best = torch.where(per_sample(better, x_new), x_new, s.x_best)
+            s.margin = torch.where(better, new_margin, s.margin)
 
     # ---- the pieces the paper names ---------------------------------------------------
     def _margin(self, model, x, y):

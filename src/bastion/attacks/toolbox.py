@@ -9,7 +9,8 @@ indicators all take these from here rather than writing their own:
 - :func:`steepest_ascent` is the unit-norm direction of steepest ascent of a gradient
   (its sign for Linf, the normalised gradient for L2);
 - :func:`random_in_ball` draws a point uniformly from the eps ball (by volume);
-- :func:`ascent_step` is one projected steepest-ascent step (PGD's update).
+- :func:`ascent_step` is one projected steepest-ascent step (PGD's update);
+- :func:`ranked_targets` lists the target classes of a targeted attack, most likely first.
 """
 
 from __future__ import annotations
@@ -65,3 +66,10 @@ def ascent_step(threat: ThreatModel, x: torch.Tensor, x_adv: torch.Tensor, grad:
     if isinstance(step, torch.Tensor):
         step = per_sample(step, x_adv)
     return threat.project(x, x_adv + step * steepest_ascent(grad, threat.norm), eps)
+
+
+def ranked_targets(logits: torch.Tensor, count: int) -> torch.Tensor:
+    """(n, k): the classes ranked 2nd, 3rd, ... by ``logits``, most likely first, at most ``count``
+    of them (k = min(count, classes - 1)). For a correctly classified input these are the target
+    classes nearest to succeed, in the order targeted attacks try them."""
+    return logits.argsort(dim=1, descending=True)[:, 1:1 + min(count, logits.shape[1] - 1)]

@@ -33,7 +33,7 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @weights_option
 @data_option
 @click.option("--suite", "-s", "suite_ref", default="standard", show_default=True,
-              help="Suite name (quick, standard, l2, sweep) or path to a suite .toml file.")
+              help="Suite name (quick, standard, fast, l2, sweep) or path to a suite .toml file.")
 @click.option("--eps", "-e", multiple=True, help="Override the suite's eps; repeat or comma-separate for a sweep.")
 @click.option("--n", "n", type=int, default=None, help=f"Number of test samples. [default: {DEFAULT_N}]")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),

@@ -88,7 +88,7 @@ class BenchProgress:
 
     def __call__(self, event) -> None:
         from bastion.evaluation.executors import ShardFinished, ShardsPlanned, ShardStarted
-        from bastion.evaluation.runner import IndicatorsStarted, Resumed, UnitFinished, UnitStarted
+        from bastion.evaluation.runner import IndicatorsStarted, OrderChosen, Resumed, UnitFinished, UnitStarted
 
         show = self.progress
         if isinstance(event, ShardsPlanned):
@@ -109,6 +109,9 @@ class BenchProgress:
             show.update(description=f"{self.running} shard(s) running", advance=result.shard.size)
         elif isinstance(event, Resumed):
             show.line(f"resuming: {len(event.state.units)} attack run(s) already finished")
+        elif isinstance(event, OrderChosen) and event.order.adapted:
+            show.line(f"attack order adapted: {', '.join(event.order.attacks)} (the gradient probe found "
+                      "unusable gradients)")
         elif isinstance(event, UnitStarted):
             description = f"eps {event.eps:g} {event.attack} on {event.standing} samples"
             show.start(description, event.total, completed=event.position - 1)

@@ -39,7 +39,7 @@ from bastion.evaluation.executors import ShardEventHook, ShardStarted, run_shard
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.runner import UnitFinished
 from bastion.evaluation.shards import Shard, ShardResult, WorkerInfo
-from bastion.evaluation.state import model_digest
+from bastion.evaluation.state import Order, model_digest
 from bastion.evaluation.suite import Suite
 from bastion.distributed.source import ModelSource
 
@@ -75,6 +75,7 @@ class ShardJob:
     total: int
     model_sha256: str  # the driver's model: a worker that loads another refuses to run
     data_sha256: str
+    order: Order | None = None  # the attacks' order, chosen once for the run (run_sharded)
 
 
 class ShardWorker:
@@ -105,7 +106,7 @@ class ShardWorker:
                              data_sha256=job.data_sha256)
         began = time.perf_counter()
         state = run_shard(inputs, job.suite, shard, seed=job.seed, batch_size=job.batch_size,
-                          on_event=_fault_hook())
+                          on_event=_fault_hook(), order=job.order)
         return ShardResult(shard, state, worker, time.perf_counter() - began)
 
 
@@ -169,7 +170,7 @@ class RayExecutor:
                 "workers": [asdict(w) for w in self.started]}
 
     def run(self, inputs: BenchInputs, suite: Suite, shards: Sequence[Shard], *, seed: int,
-            batch_size: int | None, on_event: ShardEventHook) -> Iterator[ShardResult]:
+            batch_size: int | None, on_event: ShardEventHook, order: Order | None = None) -> Iterator[ShardResult]:
         ray = import_ray()
         self.started = []
         started_here = self._connect(ray)
@@ -186,7 +187,7 @@ class RayExecutor:
             worker = ray.remote(ShardWorker).options(**self.actor_options(gpu))
             actors = [worker.remote(self.source, self.worker_device, self.cpus_per_worker) for _ in range(count)]
             job = ray.put(ShardJob(suite, seed, batch_size, inputs.bounds, inputs.num_classes, inputs.total,
-                                   inputs.model_sha256, inputs.data_sha256))
+                                   inputs.model_sha256, inputs.data_sha256, order))
             yield from self._dispatch(ray, actors, job, inputs, shards, on_event)
         finally:
             for actor in actors:

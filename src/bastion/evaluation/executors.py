@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from bastion.attacks.base import model_device
 from bastion.errors import UsageError
 from bastion.evaluation.inputs import BenchInputs
-from bastion.evaluation.runner import EventHook, RunEvent, add_indicators, fingerprint, run_suite
+from bastion.evaluation.runner import (EventHook, RunEvent, add_indicators, clean_correct, fingerprint, plan_order,
+                                       run_suite)
 from bastion.evaluation.shards import Shard, ShardCheckpoints, ShardLayout, ShardResult, WorkerInfo
-from bastion.evaluation.state import RunState
+from bastion.evaluation.state import Order, RunState
 from bastion.evaluation.suite import Suite
 
 
@@ -63,7 +64,8 @@ class Executor(Protocol):
     name: str
 
     def run(self, inputs: BenchInputs, suite: Suite, shards: Sequence[Shard], *, seed: int,
-            batch_size: int | None, on_event: ShardEventHook) -> Generator[ShardResult, None, None]: ...
+            batch_size: int | None, on_event: ShardEventHook,
+            order: Order | None = None) -> Generator[ShardResult, None, None]: ...
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the executor: its name and its workers."""
@@ -71,12 +73,13 @@ class Executor(Protocol):
 
 
 def run_shard(inputs: BenchInputs, suite: Suite, shard: Shard, *, seed: int, batch_size: int | None = None,
-              on_event: EventHook | None = None) -> RunState:
-    """The whole suite on one shard (``inputs`` holds exactly its samples), attacks seeded with the shard's seed."""
+              on_event: EventHook | None = None, order: Order | None = None) -> RunState:
+    """The whole suite on one shard (``inputs`` holds exactly its samples), attacks seeded with the shard's seed,
+    in ``order`` (the run's, chosen once by :func:`run_sharded`, so that the shards merge)."""
     if inputs.index.tolist() != list(range(shard.start, shard.stop)):
         raise UsageError(f"{shard.describe()}: the inputs hold other samples")
     return run_suite(inputs, suite, seed=seed, attack_seed=shard.seed, batch_size=batch_size,
-                     on_event=on_event, run_indicators=False)
+                     on_event=on_event, run_indicators=False, order=order)
 
 
 class LocalExecutor:
@@ -85,12 +88,13 @@ class LocalExecutor:
     name = "local"
 
     def run(self, inputs: BenchInputs, suite: Suite, shards: Sequence[Shard], *, seed: int,
-            batch_size: int | None, on_event: ShardEventHook) -> Iterator[ShardResult]:
+            batch_size: int | None, on_event: ShardEventHook, order: Order | None = None) -> Iterator[ShardResult]:
         worker = WorkerInfo.here(str(model_device(inputs.model)))
         for shard in shards:
             on_event(ShardStarted(shard, worker))
             start = time.perf_counter()
-            state = run_shard(inputs.shard(shard.positions()), suite, shard, seed=seed, batch_size=batch_size)
+            state = run_shard(inputs.shard(shard.positions()), suite, shard, seed=seed, batch_size=batch_size,
+                              order=order)
             yield ShardResult(shard, state, worker, time.perf_counter() - start)
 
     def describe(self) -> dict[str, Any]:
@@ -137,8 +141,11 @@ def run_sharded(inputs: BenchInputs, suite: Suite, layout: ShardLayout, executor
     pending = [s for s in layout.shards if s.index not in finished]
     emit(ShardsPlanned(layout, tuple(sorted(finished)), executor.name))
     if pending:
+        # One attack order for every shard (the gradient probe on the whole run's first samples).
+        order = plan_order(inputs, suite, clean_correct(inputs, batch_size), seed=seed)
         # closing(): the executor releases its workers at once, also when a checkpoint write fails here.
-        with closing(executor.run(inputs, suite, pending, seed=seed, batch_size=batch_size, on_event=emit)) as results:
+        with closing(executor.run(inputs, suite, pending, seed=seed, batch_size=batch_size, on_event=emit,
+                                  order=order)) as results:
             for result in results:
                 if result.state.fingerprint != expected:
                     raise UsageError(f"{result.shard.describe()} came back from another run (different "

@@ -78,22 +78,42 @@ TEXT = {
 }
 
 
+#: The indicators of the gradient probe, which the runner may run before the attacks to order them.
+PROBE_KEYS = ("gradients", "loss-not-increasing")
+
+
 def run_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: int = 0) -> list[Indicator]:
-    """Every indicator, on the benchmark's model, samples and results."""
+    """Every indicator, on the benchmark's model, samples and results (the gradient probe's
+    verdicts taken from the run's order where the runner probed before the attacks)."""
     model = inputs.model
-    probe = inputs.positions(list(state.clean_correct[:PROBE_SAMPLES]))
-    threat = ThreatModel(norm=suite.norm, eps=suite.epsilons[-1], bounds=inputs.bounds)
-    xp, yp = inputs.x[probe], inputs.y[probe]
+    xp, yp, threat = _probe_samples(inputs, suite, state.clean_correct)
+    probed = {i.key: i for i in state.order.probe} if state.order is not None else {}
+    gradients, loss_increase = probed.get("gradients"), probed.get("loss-not-increasing")
     return [
-        check_gradients(model, xp, yp, threat, seed),
+        gradients or check_gradients(model, xp, yp, threat, seed),
         check_stability(model, xp),
-        check_loss_increase(model, xp, yp, threat),
+        loss_increase or check_loss_increase(model, xp, yp, threat),
         check_tail_rise(state),
         check_black_box(state, suite),
         check_eps_monotonic(state),
         check_unbounded(model, xp, yp, threat, seed),
         check_unconfirmed(state),
     ]
+
+
+def gradient_probe(inputs: BenchInputs, suite: Suite, clean_correct: tuple[int, ...], *,
+                   seed: int = 0) -> list[Indicator]:
+    """The cheap gradient probe: the gradients and loss-not-increasing checks on the probe samples
+    (a few dozen gradients each), the same verdicts :func:`run_indicators` reports."""
+    xp, yp, threat = _probe_samples(inputs, suite, clean_correct)
+    return [check_gradients(inputs.model, xp, yp, threat, seed), check_loss_increase(inputs.model, xp, yp, threat)]
+
+
+def _probe_samples(inputs: BenchInputs, suite: Suite, clean_correct: tuple[int, ...]):
+    """The first correctly classified samples, and the threat model at the suite's largest eps."""
+    probe = inputs.positions(list(clean_correct[:PROBE_SAMPLES]))
+    threat = ThreatModel(norm=suite.norm, eps=suite.epsilons[-1], bounds=inputs.bounds)
+    return inputs.x[probe], inputs.y[probe], threat
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -207,23 +227,16 @@ def check_tail_rise(state: RunState) -> Indicator:
 
 
 def check_black_box(state: RunState, suite: Suite) -> Indicator:
-    families = [a.family for a in suite.attacks]
-    white = [i for i, f in enumerate(families) if f == "white-box"]
-    late_black = {a.label for i, a in enumerate(suite.attacks)
-                  if families[i] != "white-box" and white and i > max(white)}
+    family = {a.label: a.family for a in suite.attacks}
+    order = state.order.attacks if state.order is not None else tuple(a.label for a in suite.attacks)
+    white = [i for i, label in enumerate(order) if family[label] == "white-box"]
+    if state.order is not None and state.order.adapted:
+        return _black_box_first(state, {label for label in order if family[label] != "white-box"})
+    late_black = {label for i, label in enumerate(order) if family[label] != "white-box" and white and i > max(white)}
     if not late_black:
         why = "no white-box attack" if not white else "no black-box or transfer attack after the white-box ones"
         return _make("black-box-beats-white-box", "skipped", f"The suite has {why}, so this was not checked.")
-    per_eps, attacked = {}, {}
-    for unit in state.units:
-        if unit.attack in late_black:
-            key = repr(unit.eps)
-            attacked[key] = max(attacked.get(key, 0), unit.standing)  # the first one saw them all
-            if unit.broken:
-                per_eps.setdefault(key, []).extend(unit.broken)
-    count, total = sum(len(v) for v in per_eps.values()), sum(attacked.values())
-    details = {"attacks": sorted(late_black), "broken_only_by_black_box": per_eps, "attacked": total,
-               "tolerance": BLACK_BOX_TOLERANCE}
+    count, total, details = _black_box_breaks(state, late_black)
     names, share = ", ".join(sorted(late_black)), count / max(total, 1)
     if count > BLACK_BOX_TOLERANCE * total:
         return _make("black-box-beats-white-box", "fired", f"{names} broke {count} of the {total} sample(s) "
@@ -235,6 +248,34 @@ def check_black_box(state: RunState, suite: Suite) -> Indicator:
                      "They are listed in the details and counted as broken.", details)
     return _make("black-box-beats-white-box", "ok", "The black-box attacks broke nothing the white-box attacks "
                  "had missed.", details)
+
+
+def _black_box_first(state: RunState, black: set[str]) -> Indicator:
+    """The verdict when the runner ran the black-box attacks first, because the gradient probe
+    found unusable gradients: what they broke is what the white-box attacks could not be
+    relied on to find, judged with the same tolerance."""
+    count, total, details = _black_box_breaks(state, black)
+    details["broken_by_black_box_first"] = details.pop("broken_only_by_black_box")
+    details["order"] = "black-box first (adapted: the gradient probe found unusable gradients)"
+    names, share = ", ".join(sorted(black)), count / max(total, 1)
+    finding = (f"The gradient probe found unusable gradients, so {names} ran before the white-box attacks and "
+               f"broke {count} of the {total} sample(s) ({share:.1%}).")
+    return _make("black-box-beats-white-box", "fired" if count > BLACK_BOX_TOLERANCE * total else "ok", finding,
+                 details)
+
+
+def _black_box_breaks(state: RunState, black: set[str]) -> tuple[int, int, dict]:
+    """(samples the ``black`` attacks broke, samples they attacked, details), over every eps."""
+    per_eps, attacked = {}, {}
+    for unit in state.units:
+        if unit.attack in black:
+            key = repr(unit.eps)
+            attacked[key] = max(attacked.get(key, 0), unit.standing)  # the first one saw them all
+            if unit.broken:
+                per_eps.setdefault(key, []).extend(unit.broken)
+    count, total = sum(len(v) for v in per_eps.values()), sum(attacked.values())
+    return count, total, {"attacks": sorted(black), "broken_only_by_black_box": per_eps, "attacked": total,
+                          "tolerance": BLACK_BOX_TOLERANCE}
 
 
 def check_eps_monotonic(state: RunState) -> Indicator:

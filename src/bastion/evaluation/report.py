@@ -58,6 +58,7 @@ def build_report(state: RunState, suite: Suite, y: torch.Tensor, num_classes: in
         "device": run.get("device", "cpu"), "command": run.get("command", ""),
         "evaluation": run.get("evaluation", {"accelerations": [], "checks": []}),
         "suite": suite.to_dict(),
+        "order": _order(state),
         "clean_correct_indices": list(state.clean_correct),
         "results": results,
         "indicators": indicators,
@@ -65,6 +66,14 @@ def build_report(state: RunState, suite: Suite, y: torch.Tensor, num_classes: in
                    "indicators_seconds": seconds(state.indicator_seconds)},
         "versions": package_versions(),
     }
+
+
+def _order(state: RunState) -> dict:
+    """Which order the attacks ran in and why (the runner may run black-box attacks first)."""
+    if state.order is None:  # a state from before the runner chose orders: the units' own order
+        return {"attacks": list(dict.fromkeys(u.attack for u in state.units)), "adapted": False,
+                "gradients_masked": False, "reason": "The attacks ran in the order the suite declares."}
+    return {k: v for k, v in state.order.to_dict().items() if k not in ("probe", "probe_seconds")}
 
 
 def _eps_result(state: RunState, eps, raw, robust, clean, y, num_classes) -> dict:
@@ -134,6 +143,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"**Warning: {len(fired)} attack-failure indicator(s) fired** "
                   f"({', '.join(i['title'] for i in fired)}): the robust accuracy may be overestimated. "
                   "See below.", ""]
+    order = report.get("order")
+    if order and order["adapted"]:
+        lines += [f"**Attack order adapted:** {order['reason']}", ""]
     if len(report["results"]) > 1:
         lines += ["## Robust accuracy per eps", "",
                   "| eps | robust accuracy | samples | 95% CI | (before counting smaller-eps breaks) |",
@@ -160,6 +172,7 @@ def render_markdown(report: dict) -> str:
               f"- model `{report['model'].get('source', '')}` sha256 `{report['model'].get('sha256', '')[:16]}...`",
               f"- suite file `{suite['path']}` sha256 `{suite['sha256'][:16]}...`",
               _evaluation_line(report.get("evaluation", {})),
+              f"- attack order: {', '.join(order['attacks'])} ({order['reason']})" if order else "",
               f"- command: `{report['command']}`" if report["command"] else "- command: (library call)",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "platform"), ""]
     if "execution" in report:  # a sharded run (bastion.evaluation.executors)

@@ -4,6 +4,16 @@ At each eps the attacks of the suite run in order, each on the samples that ever
 earlier attack at that eps failed to break; a sample is robust at an eps only if
 it survives them all.
 
+The order adapts to the model without changing what is measured (:func:`plan_order`):
+before the attacks, the indicators' cheap gradient probe (gradients zero, NaN or
+unavailable; loss not increasing under gradient ascent) runs on a few dozen samples.
+When it finds the gradients unusable, the suite's black-box attacks run first at every
+eps, then the white-box ones in the declared order, and an attack that declares a cheaper
+first stage runs its full budget (:meth:`bastion.attacks.Attack.for_masked_gradients`).
+Every attack still runs on every sample the earlier ones left, so a sample's worst case
+is the same in either order; only which attack broke it first, and the time, change.
+Otherwise the suite's declared order stands. The report says which order ran and why.
+
 This module owns the re-check that counts: every adversarial an attack returns is
 confirmed here (:func:`confirm_adversarial`: finite, inside the eps ball and the
 bounds, misclassified by the model) before it is counted as broken. An attack's own
@@ -32,9 +42,10 @@ from torch import nn
 from bastion.attacks.base import AttackResult, predict
 from bastion.attacks.toolbox import per_sample
 from bastion.errors import ModelError, UsageError
+from bastion.evaluation.indicators import gradient_probe
 from bastion.evaluation.indicators import run_indicators as compute_indicators
 from bastion.evaluation.inputs import BenchInputs
-from bastion.evaluation.state import Fingerprint, RunState, Unit, unit_key
+from bastion.evaluation.state import Fingerprint, Order, RunState, Unit, unit_key
 from bastion.evaluation.suite import AttackSpec, Suite
 from bastion.fsutil import atomic_write_text
 from bastion.models.acceleration import reference_of
@@ -66,6 +77,13 @@ class UnitFinished:
 
 
 @dataclass(frozen=True)
+class OrderChosen:
+    """The attacks' order (after the gradient probe, where it ran)."""
+
+    order: Order
+
+
+@dataclass(frozen=True)
 class IndicatorsStarted:
     pass
 
@@ -75,7 +93,7 @@ class IndicatorsFinished:
     seconds: float
 
 
-RunEvent = Resumed | UnitStarted | UnitFinished | IndicatorsStarted | IndicatorsFinished
+RunEvent = Resumed | OrderChosen | UnitStarted | UnitFinished | IndicatorsStarted | IndicatorsFinished
 EventHook = Callable[[RunEvent], None]
 
 
@@ -87,12 +105,17 @@ def fingerprint(inputs: BenchInputs, suite: Suite, seed: int) -> Fingerprint:
 
 def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: Path | None = None,
               resume: bool = False, batch_size: int | None = None, on_event: EventHook | None = None,
-              run_indicators: bool = True, attack_seed: int | None = None) -> RunState:
+              run_indicators: bool = True, attack_seed: int | None = None,
+              order: Order | None = None) -> RunState:
     """Run every attack of ``suite`` at every eps; return the run's state (see module docstring).
 
     ``seed`` is the run's; ``attack_seed`` (default: ``seed``) seeds the attacks. They differ
     only in a shard of a sharded run, whose attacks take the shard's seed
     (:func:`bastion.evaluation.shards.shard_seed`) while its state keeps the run's.
+
+    ``order`` imposes an order chosen elsewhere (a sharded run chooses it once, with
+    :func:`plan_order` on the whole run's inputs, and gives it to every shard); by default the
+    run chooses its own, and a resumed run keeps the order it started with.
     """
     emit = on_event or (lambda event: None)
     attack_seed = seed if attack_seed is None else attack_seed
@@ -102,20 +125,27 @@ def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: P
         emit(Resumed(state))
     else:
         state = RunState(fingerprint=expected, samples=tuple(inputs.index.tolist()),
-                         clean_correct=_clean_correct(inputs, batch_size))
+                         clean_correct=clean_correct(inputs, batch_size))
         _save(checkpoint, state)
+    if state.order is None:
+        state = state.with_order(order or plan_order(inputs, suite, state.clean_correct, seed=seed,
+                                                     probe=run_indicators))
+        _save(checkpoint, state)
+        emit(OrderChosen(state.order))
 
+    specs = {spec.label: spec for spec in suite.attacks}
     total = len(suite.epsilons) * len(suite.attacks)
     position = 0
     for eps in suite.epsilons:
         threat = suite.threat(eps, inputs.bounds)
-        for spec in suite.attacks:
+        for label in state.order.attacks:
             position += 1
-            if unit_key(eps, spec.label) in state.done:
+            if unit_key(eps, label) in state.done:
                 continue
             standing = state.standing(eps)
-            emit(UnitStarted(eps=eps, attack=spec.label, standing=len(standing), position=position, total=total))
-            unit = _run_unit(inputs, suite, spec, threat, standing, seed, attack_seed, batch_size)
+            emit(UnitStarted(eps=eps, attack=label, standing=len(standing), position=position, total=total))
+            unit = _run_unit(inputs, suite, specs[label], threat, standing, seed, attack_seed, batch_size,
+                             masked=state.order.gradients_masked)
             state = state.with_unit(unit)
             _save(checkpoint, state)
             emit(UnitFinished(unit))
@@ -133,12 +163,47 @@ def add_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: 
     emit(IndicatorsStarted())
     start = time.perf_counter()
     found = compute_indicators(inputs, suite, state, seed=seed)
-    state = state.with_indicators(found, time.perf_counter() - start)
+    probed = state.order.probe_seconds if state.order is not None else 0.0  # the probe ran before the attacks
+    state = state.with_indicators(found, time.perf_counter() - start + probed)
     emit(IndicatorsFinished(state.indicator_seconds))
     return state
 
 
-def _clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ...]:
+def plan_order(inputs: BenchInputs, suite: Suite, clean_correct: tuple[int, ...], *, seed: int = 0,
+               probe: bool = True) -> Order:
+    """The order of the suite's attacks at every eps (see the module docstring).
+
+    The gradient probe runs when its verdict could change something (the suite has a black-box
+    attack besides white-box ones) or when ``probe`` asks for it (the indicators report it).
+    """
+    declared = tuple(spec.label for spec in suite.attacks)
+    black = [spec.label for spec in suite.attacks if spec.family != "white-box"]
+    white = [spec.label for spec in suite.attacks if spec.family == "white-box"]
+    if not (probe or (black and white)):
+        return Order(declared, adapted=False, reason="The attacks ran in the order the suite declares.")
+    start = time.perf_counter()
+    verdicts = tuple(gradient_probe(inputs, suite, clean_correct, seed=seed))
+    seconds = time.perf_counter() - start
+    unusable = [v for v in verdicts if v.fired]
+    if not unusable:
+        return Order(declared, adapted=False, probe=verdicts, probe_seconds=seconds,
+                     reason="The gradient probe found usable gradients, so the attacks ran in the order the suite "
+                            "declares.")
+    found = "; ".join(v.title.lower() for v in unusable)
+    adapted = tuple(black + white)
+    if not (black and white) or adapted == declared:
+        why = "has no black-box attack" if not black else "already runs its black-box attacks first"
+        return Order(declared, adapted=False, gradients_masked=True, probe=verdicts, probe_seconds=seconds,
+                     reason=f"The gradient probe found unusable gradients ({found}); the suite {why}, so the "
+                            "attacks ran in the order it declares.")
+    return Order(adapted, adapted=True, gradients_masked=True, probe=verdicts, probe_seconds=seconds,
+                 reason=f"The gradient probe found unusable gradients ({found}), so the black-box attack(s) "
+                        f"{', '.join(black)} ran first at every eps, then the white-box ones; each attack still "
+                        "ran on every sample the earlier ones left, so the worst case per sample is the same as in "
+                        "the declared order; only which attack broke a sample first (and the time) changed.")
+
+
+def clean_correct(inputs: BenchInputs, batch_size: int | None) -> tuple[int, ...]:
     try:
         correct = predict(reference_of(inputs.model), inputs.x, batch_size) == inputs.y
     except RuntimeError as exc:  # wrong input shape, dtype or device for this model
@@ -180,8 +245,10 @@ def confirmed_robust(model: nn.Module, threat: ThreatModel, x: torch.Tensor, y: 
 
 
 def _run_unit(inputs: BenchInputs, suite: Suite, spec: AttackSpec, threat: ThreatModel, standing: list[int],
-              seed: int, attack_seed: int, batch_size: int | None) -> Unit:
+              seed: int, attack_seed: int, batch_size: int | None, *, masked: bool = False) -> Unit:
     attack = suite.build(spec, threat, seed=attack_seed, batch_size=batch_size)
+    if masked:
+        attack = attack.for_masked_gradients()
     # The unit records the run's seed, so the shards of one run merge; each shard's own
     # attack seed follows from it and the shard's index (the report's execution.shards).
     unit = Unit(eps=threat.single, attack=spec.label, name=spec.name, family=attack.family,

@@ -28,7 +28,7 @@ from torch import nn
 
 from bastion.errors import UsageError
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def model_digest(model: nn.Module) -> str:
@@ -90,6 +90,29 @@ class Indicator:
 
 
 @dataclass(frozen=True)
+class Order:
+    """The order a run's attacks ran in at every eps, and why (:func:`bastion.evaluation.runner.plan_order`)."""
+
+    attacks: tuple[str, ...]          # the suite's labels, in the order they ran
+    adapted: bool                     # not the order the suite declares
+    reason: str                       # one sentence for the report
+    gradients_masked: bool = False    # the gradient probe found unusable gradients
+    probe: tuple[Indicator, ...] = ()  # the probe's verdicts, when it ran before the attacks
+    probe_seconds: float = field(default=0.0, compare=False)  # a time, not an outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attacks": list(self.attacks), "adapted": self.adapted, "reason": self.reason,
+                "gradients_masked": self.gradients_masked, "probe": [i.to_dict() for i in self.probe],
+                "probe_seconds": self.probe_seconds}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Order:
+        return cls(attacks=tuple(raw["attacks"]), adapted=bool(raw["adapted"]), reason=str(raw["reason"]),
+                   gradients_masked=bool(raw["gradients_masked"]), probe=tuple(Indicator(**i) for i in raw["probe"]),
+                   probe_seconds=float(raw["probe_seconds"]))
+
+
+@dataclass(frozen=True)
 class Unit:
     """One attack of the suite at one eps, on the samples still standing when it ran."""
 
@@ -139,9 +162,10 @@ class RunState:
     fingerprint: Fingerprint
     samples: tuple[int, ...]        # global indices this state covers, ascending
     clean_correct: tuple[int, ...]  # of those, the ones the model classifies correctly, ascending
-    units: tuple[Unit, ...] = ()    # in the order they ran (the suite's order)
+    units: tuple[Unit, ...] = ()    # in the order they ran (``order``)
     indicators: tuple[Indicator, ...] | None = None  # None until the indicators ran
     indicator_seconds: float = 0.0
+    order: Order | None = None      # None until the runner chose it
 
     # ---- reading ----------------------------------------------------------------------
     @property
@@ -170,12 +194,16 @@ class RunState:
     def with_indicators(self, indicators: list[Indicator], seconds: float) -> RunState:
         return replace(self, indicators=tuple(indicators), indicator_seconds=seconds)
 
+    def with_order(self, order: Order) -> RunState:
+        return replace(self, order=order)
+
     def merge(self, other: RunState) -> RunState:
         """The state of one run over the samples of both (which must not overlap).
 
-        Both must come from the same run (same fingerprint) and have finished the same
-        units. Indicators describe a whole run, so the merged state has none: compute them
-        on it.
+        Both must come from the same run (same fingerprint), have run their attacks in the
+        same order and finished the same units; the merged state keeps this one's order
+        (give every shard the order chosen once for the whole run: ``run_suite(order=...)``).
+        Indicators describe a whole run, so the merged state has none: compute them on it.
         """
         changed = self.fingerprint.differences(other.fingerprint)
         if changed:
@@ -183,12 +211,15 @@ class RunState:
         overlap = set(self.samples) & set(other.samples)
         if overlap:
             raise UsageError(f"cannot merge run states that share {len(overlap)} sample(s), e.g. {min(overlap)}")
+        if self.order is not None and other.order is not None and self.order.attacks != other.order.attacks:
+            raise UsageError("cannot merge run states whose attacks ran in different orders; give every shard "
+                             "the same order")
         if [u.key for u in self.units] != [u.key for u in other.units]:
             raise UsageError("cannot merge run states that finished different attacks; finish both first")
         return RunState(
             fingerprint=self.fingerprint, samples=tuple(sorted(self.samples + other.samples)),
             clean_correct=tuple(sorted(self.clean_correct + other.clean_correct)),
-            units=tuple(a.merge(b) for a, b in zip(self.units, other.units)))
+            units=tuple(a.merge(b) for a, b in zip(self.units, other.units)), order=self.order or other.order)
 
     # ---- JSON ---------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -197,7 +228,8 @@ class RunState:
             "version": STATE_VERSION, "fingerprint": asdict(self.fingerprint), "samples": list(self.samples),
             "clean_correct": list(self.clean_correct), "units": units,
             "indicators": None if self.indicators is None else [i.to_dict() for i in self.indicators],
-            "indicator_seconds": self.indicator_seconds})
+            "indicator_seconds": self.indicator_seconds,
+            "order": None if self.order is None else self.order.to_dict()})
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "run state") -> RunState:
@@ -215,7 +247,8 @@ class RunState:
                 samples=tuple(raw["samples"]), clean_correct=tuple(raw["clean_correct"]),
                 units=tuple(_unit_from_dict(u) for u in raw["units"]),
                 indicators=None if raw["indicators"] is None else tuple(Indicator(**i) for i in raw["indicators"]),
-                indicator_seconds=float(raw["indicator_seconds"]))
+                indicator_seconds=float(raw["indicator_seconds"]),
+                order=None if raw["order"] is None else Order.from_dict(raw["order"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: unreadable checkpoint (bad or missing field: {exc}); "
                              "rerun without --resume to start over") from None
