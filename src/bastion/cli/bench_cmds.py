@@ -10,8 +10,8 @@ import click
 
 from bastion.cli import main
 from bastion.cli.attack_cmds import parse_eps
-from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
-                                seed_option, weights_option)
+from bastion.cli.common import (choose_samples, data_option, device_option, emit_json, json_option, pick_device,
+                                quiet_option, resume_requested, seed_option, weights_option)
 from bastion.cli.progress import BenchProgress, Progress
 from bastion.errors import UsageError
 
@@ -31,10 +31,14 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @click.option("--suite", "-s", "suite_ref", default="standard", show_default=True,
               help="Suite name (quick, standard, l2, sweep) or path to a suite .toml file.")
 @click.option("--eps", "-e", multiple=True, help="Override the suite's eps; repeat or comma-separate for a sweep.")
-@click.option("--n", "n", type=int, default=None, help=f"Number of test samples. [default: {DEFAULT_N}]")
+@click.option("--n", "n", type=int, default=None,
+              help=f"Number of test samples: exactly this many (refused if the data holds fewer). "
+                   f"[default: {DEFAULT_N}, or all if the data holds fewer]")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Report directory. [default: runs/bench-MODEL-SUITE]")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without redoing finished attacks.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out without redoing finished attacks (with no checkpoint "
+                   "there: a warning on stderr, and a new run).")
 @click.option("--batch-size", type=int, default=None, help="Attack batch size (default: each attack's own).")
 @click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
 @json_option
@@ -50,11 +54,10 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     """
     from bastion.data import load_data
     from bastion.evaluation import benchmark, load_suite
-    from bastion.evaluation.bench import CHECKPOINT
+    from bastion.evaluation.bench import CHECKPOINT, check_inputs
+    from bastion.fsutil import check_output_dir, make_output_dir
     from bastion.models import load_model
 
-    if n is not None and n <= 0:
-        raise UsageError("--n must be positive")
     if batch_size is not None and batch_size <= 0:
         raise UsageError("--batch-size must be positive")
     notes = []
@@ -65,22 +68,18 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
         suite = suite.with_eps(parse_eps(eps))
     dev = pick_device(device)
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
-    data = load_data(data_ref, "test", bounds=loaded.bounds)
-    if n is None:
-        n = min(DEFAULT_N, len(data))
-        if len(data) > n:
-            notes.append(f"attacking the first {n} of {len(data)} test samples (the default, sized to finish in "
-                         "under 5 minutes on 2 CPU cores); use --n to change it")
-    data = data.take(n)
+    all_data = load_data(data_ref, "test", bounds=loaded.bounds)
+    data = choose_samples(all_data, n, DEFAULT_N)
+    if n is None and len(all_data) > len(data):
+        notes.append(f"attacking the first {len(data)} of {len(all_data)} test samples (the default, sized to "
+                     "finish in under 5 minutes on 2 CPU cores); use --n to change it")
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-{_slug(loaded.name)}-{_slug(suite.name)}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create the report directory ({exc.strerror})") from None
+    check_output_dir(out, "report folder")
+    check_inputs(loaded, data, suite, batch_size=batch_size)  # every refusal before the first line printed
+    resume = resume_requested(resume, out / CHECKPOINT)
+    make_output_dir(out, "report folder")
     if not resume and (out / CHECKPOINT).exists():
         notes.append(f"{out} holds an earlier run; starting over (use --resume to continue it)")
-    if resume and not (out / CHECKPOINT).exists():
-        notes.append(f"--resume: {out} holds no checkpoint; starting a new run")
     if not quiet and not as_json:
         for note in notes:
             click.echo(f"note: {note}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.common import emit_json, json_option, quiet_option
+from bastion.cli.common import emit_json, json_option, quiet_option, resume_requested, seed_range
 from bastion.cli.progress import Progress, TrainProgress
 from bastion.errors import UsageError
 
@@ -25,9 +25,10 @@ from bastion.errors import UsageError
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Bundle directory to write (default: ./<architecture>-<recipe>).")
 @click.option("--name", default=None, help="Model name recorded in the bundle (default: the folder name).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/ (after a crash or kill).")
-@click.option("--epochs", type=int, default=None, help="Override the recipe's epoch count.")
-@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/ (after a crash or kill; "
+                                            "with no checkpoint there: a warning on stderr, and a new run).")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epoch count (1 to 10,000).")
+@click.option("--seed", type=seed_range(), default=None, help="Override the recipe's seed.")
 @json_option
 @quiet_option
 def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_json, quiet):
@@ -45,14 +46,27 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, as_j
     from bastion.data import load_data
     from bastion.defenses.training import load_recipe, save_trained_bundle
     from bastion.defenses.training import train as run_training
+    from bastion.defenses.training.checkpoint import checkpoint_path
+    from bastion.defenses.training.trainer import check_training_inputs
+    from bastion.fsutil import check_output_dir
+    from bastion.models import ARCHITECTURES
 
     recipe = load_recipe(resolve("defenses", recipe_ref)).with_overrides(epochs=epochs, seed=seed)
     data = load_data(data_ref or recipe.data.dataset, "train")
-    module, architecture = _initial_model(model_ref, recipe)
+    initial, architecture = _initial_model(model_ref, recipe)
+    module = initial.module if initial is not None else None
     if architecture != recipe.model.architecture:  # --model names another architecture to train from scratch
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, architecture=architecture))
     out_dir = Path(out or f"{architecture}-{recipe.name}")
     checkpoint_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    check_output_dir(out_dir, "bundle folder")
+    check_output_dir(checkpoint_dir, "checkpoint folder")
+    # Refusals before anything is printed; train() checks the same again.
+    check_training_inputs(recipe, module if module is not None else ARCHITECTURES[architecture](
+        num_classes=data.num_classes), data)
+    if initial is not None:  # fine-tuning: the bundle records the model's classes, not the labels' count
+        data = dataclasses.replace(data, num_classes=initial.num_classes)
+    resume = resume_requested(resume, checkpoint_path(checkpoint_dir))
 
     with Progress(enabled=not (quiet or as_json), fields=TrainProgress.FIELDS, remaining=True) as progress:
         result = run_training(recipe, data, model=module, checkpoint_dir=checkpoint_dir, resume=resume,
@@ -96,7 +110,7 @@ def _display_path(path: str) -> str:
 
 
 def _initial_model(model_ref: str | None, recipe):
-    """(module or None for a fresh one, architecture name) from --model."""
+    """(the bundle to fine-tune, or None for a fresh model; architecture name) from --model."""
     from bastion.models import ARCHITECTURES, load_model
     from bastion.models.bundle import BundleMeta
 
@@ -111,4 +125,4 @@ def _initial_model(model_ref: str | None, recipe):
                          f"({', '.join(ARCHITECTURES)}), a zoo name or a safetensors bundle directory")
     if meta.sanitizer:
         raise UsageError(f"--model {model_ref}: this bundle wraps the model in a sanitizer; train the bare model")
-    return loaded.module, meta.architecture
+    return loaded, meta.architecture

@@ -7,14 +7,30 @@ from typing import Any
 
 from bastion.attacks.base import model_device
 from bastion.data import Dataset
-from bastion.errors import DataError
 from bastion.evaluation.report import build_report, write_report
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.runner import EventHook, run_suite
 from bastion.evaluation.suite import Suite
+from bastion.models.fit import check_fit
 from bastion.models.loaded import LoadedModel
 
 CHECKPOINT = "checkpoint.json"
+
+
+def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size: int | None = None) -> int:
+    """Everything a benchmark can refuse before it starts, each as one line; returns the class count.
+
+    The data must fit the model (sample shape, labels: :func:`bastion.models.fit.check_fit`), the
+    suite's eps must lie within the input box of these samples, and every attack must accept the
+    batch size. :func:`benchmark` calls it first; a caller that prints anything before the run
+    (the CLI) calls it earlier, so a refusal is the only line it prints.
+    """
+    num_classes = check_fit(model, data)
+    suite.check_inputs(tuple(data.bounds), tuple(data.input_shape))
+    threat = suite.threat(suite.epsilons[0], tuple(data.bounds))
+    for spec in suite.attacks:
+        suite.build(spec, threat, seed=0, batch_size=batch_size)
+    return num_classes
 
 
 def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str | Path | None = None,
@@ -28,10 +44,7 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
     """
     module = model.module
     device = model_device(module)
-    if model.input_shape and tuple(data.input_shape) != tuple(model.input_shape):
-        raise DataError(f"{data.name}: samples have shape {data.input_shape}, the model expects "
-                        f"{tuple(model.input_shape)}")
-    num_classes = model.num_classes or data.num_classes
+    num_classes = check_inputs(model, data, suite, batch_size=batch_size)
     inputs = BenchInputs(module, data.x.to(device), data.y.to(device), tuple(data.bounds), num_classes)
     out = Path(out_dir) if out_dir is not None else None
     state = run_suite(inputs, suite, seed=seed, checkpoint=out / CHECKPOINT if out else None, resume=resume,

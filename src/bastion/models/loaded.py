@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from bastion.errors import ModelError
@@ -49,3 +50,12 @@ def set_eval(module: nn.Module) -> None:
         pass  # torch.export modules refuse .eval(); they were exported in the mode they run in
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module with neither."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
