@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -104,6 +105,12 @@ def build(d: Path) -> Path:
     (d / "garbage.pt").write_bytes(os.urandom(512))
     torch.save({"x": [[1, 2], [3]], "y": [0, 1]}, d / "ragged.pt")
     torch.save([1, 2, 3], d / "wrong-structure.pt")
+    torch.save({"x": torch.from_numpy(x).to_sparse(), "y": torch.from_numpy(y)}, d / "sparse-x.pt")
+    torch.save({"x": torch.from_numpy(x), "y": torch.from_numpy(y).to_sparse()}, d / "sparse-y.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: sparse CSR is in beta
+        torch.save({"x": torch.from_numpy(x.reshape(len(x), -1)).to_sparse_csr(), "y": torch.from_numpy(y)},
+                   d / "csr-x.pt")
 
     # Text files: garbage, not UTF-8, malformed TOML, nested too deeply, an integer of 5,000 digits.
     (d / "garbage.toml").write_bytes(os.urandom(300))
@@ -175,6 +182,7 @@ def build(d: Path) -> Path:
         (d / name / "bastion.toml").write_bytes(content)
     (d / "no-bundle").mkdir()
     (d / "pickle.pt2").write_bytes(pickle.dumps({"a": 1}))
+    (d / "pickle-weights.pt").write_bytes(pickle.dumps(shutil.rmtree, protocol=4))  # torch warns on protocol 4
     (d / "empty.pt2").write_bytes(b"")
     (d / "garbage.pt2").write_bytes(os.urandom(400))
     write_zip(d / "zip.pt2", {"hello.txt": b"not a program"})

@@ -90,6 +90,8 @@ CASES: list[tuple[str, int, str]] = [
     (attack(data="garbage.pt"), 2, "weights_only"),
     (attack(data="ragged.pt"), 2, "not an array of numbers"),
     (attack(data="wrong-structure.pt"), 2, "expected a dict"),
+    (attack(data="sparse-x.pt"), 2, "x is a sparse_coo tensor"),
+    (attack(data="sparse-y.pt"), 2, "y is a sparse_coo tensor"),
     # --- attack: wrong shapes and dtypes ---------------------------------------------------------
     (attack(data="labels10.npz", extra="--n 4"), 2, "label 10 is out of range for model zoo:mnist-cnn, which has 10 classes"),
     (attack(data="labels99.npz"), 2, "label 99"),
@@ -130,6 +132,8 @@ CASES: list[tuple[str, int, str]] = [
     (attack(model="{d}/bundle-latin1"), 2, "not UTF-8"),
     (attack(model="{d}/good.npz"), 2, "unknown model"),
     (attack(model="tests.fixtures_pkg.tiny:tiny_mlp"), 2, "needs --weights"),
+    (attack(model="mnist-cnn --weights {d}/tiny.safetensors"), 2, "only a package.module:factory reference"),
+    (attack(model="{d}/tiny.pt2 --weights {d}/tiny.safetensors"), 2, "carries its own"),
     (attack(model="tests.fixtures_pkg.tiny:tiny_mlp --weights {d}/garbage.safetensors"), 2, "not a valid safetensors"),
     (attack(model="tests.fixtures_pkg.tiny:tiny_mlp --weights {d}/dir.npz"), 2, "is a directory"),
     (attack(model="tests.fixtures_pkg.tiny:tiny_mlp --weights {d}/tiny.safetensors"), 2,
@@ -438,6 +442,9 @@ PROCESS_CASES: list[tuple[str, str, int, str]] = [
     ("pickle-pt2-logs-nothing", attack(model="{d}/pickle.pt2"), 2, "a pickle"),
     ("zip-pt2-logs-nothing", attack(model="{d}/zip.pt2"), 2, "not a valid torch.export program"),
     ("huge-header-in-a-process", attack(data="huge-header.npz"), 2, "declares shape"),
+    ("pickle-weights-warn-nothing", attack(model="tests.fixtures_pkg.tiny:tiny_mlp --weights {d}/pickle-weights.pt"),
+     2, "refused by torch.load(weights_only=True)"),
+    ("csr-data-warns-nothing", attack(data="csr-x.pt"), 2, "x is a sparse_csr tensor"),
     ("fifo-data", attack(data="fifo.npz"), 2, "a FIFO"),
     ("fifo-model", attack(model="{d}/fifo.pt2"), 2, "fifo.pt2"),
     ("fifo-weights", attack(model="tests.fixtures_pkg.tiny:tiny_mlp --weights {d}/fifo.safetensors"), 2, "fifo"),
@@ -604,3 +611,19 @@ def test_float16_images_and_an_eps_of_exactly_the_span_run(world, tmp_path):
                                        "--out", str(tmp_path / "adv.npz")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "adv.npz").is_file()
+
+
+def test_detect_with_an_attack_but_no_correctly_classified_sample_says_so(world, tmp_path):
+    import numpy as np
+    import torch
+
+    from bastion.models import load_model
+
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    with torch.no_grad():
+        predicted = int(load_model("mnist-cnn").module(torch.from_numpy(x[:1])).argmax())
+    np.savez(tmp_path / "wrong.npz", x=x, y=np.full(4, (predicted + 1) % 10))
+    result = CliRunner().invoke(main, ["detect", "--model", "mnist-cnn", "--data", str(tmp_path / "wrong.npz"),
+                                       "--calib-n", "2", "--n", "2", "--attack", "pgd", "--eps", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "not run, the model classifies none of the 2 held-out samples correctly" in result.stdout

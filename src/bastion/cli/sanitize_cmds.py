@@ -172,7 +172,10 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
     click.echo(f"  threshold {report.threshold:.4f}: calibrated on {calib_n} clean samples of {data.name} "
                f"for a {fpr:.1%} false-positive rate")
     click.echo(f"  held-out clean samples flagged: {report.clean_fpr:.1%} of {report.n_clean} (target {fpr:.1%})")
-    if attack is not None:
+    if attack is not None and not report.n_attacked:
+        click.echo(f"  {attack_name} {norm} eps {eps:g}: not run, the model classifies none of the "
+                   f"{report.n_clean} held-out samples correctly")
+    elif attack is not None:
         click.echo(f"  {attack_name} {norm} eps {eps:g} on {report.n_attacked} correctly classified samples:")
         click.echo(f"    attack success {report.attack_success:.1%}; detected {report.detection_rate:.1%} "
                    f"of its adversarial examples; undetected successes {report.undetected_success:.1%}")

@@ -58,7 +58,9 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
     if path.suffix not in PICKLE_SUFFIXES:
         raise ModelError(f"{path}: weights must be .safetensors (or a .pt/.pth state dict)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on the pickle protocol: the refusal is the one line
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch refuses unsafe globals with several exception types
         raise ModelError(f"{path}: refused by torch.load(weights_only=True) ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
