@@ -347,6 +347,7 @@ CASES: list[tuple[str, int, str]] = [
     ("sign {d}/signed --key {d}/latin1.toml --signature {o}/s.sig", 2, "private key"),
     ("sign {d}/signed --key {d}/k.key.pub --signature {o}/s.sig", 2, "private key"),
     ("sign {d}/missing-model --key {d}/k.key --signature {o}/s.sig", 2, "missing-model"),
+    ("sign {d}/model-with-fifo --key {d}/k.key --signature {o}/s.sig", 2, "cannot sign: "),
     ("sign {d}/signed --key {d}/k.key --signature {o}/no-such-folder/s.sig", 2, "no such directory"),
     ("sign {d}/signed --key {d}/k.key --signature {o}/existing-dir", 2, "is a directory"),
     ("sign {d}/signed --key {d}/k.key --signature {o}/fifo", 2, "not a regular file"),
@@ -486,6 +487,9 @@ def world(tmp_path_factory):
     d = build(tmp_path_factory.mktemp("hostile"))
     for name in ("fifo.npz", "fifo.pt2", "fifo.safetensors", "fifo.toml", "fifo.key", "fifo.json"):
         os.mkfifo(d / name)
+    (d / "model-with-fifo").mkdir()
+    (d / "model-with-fifo" / "weights.bin").write_bytes(b"w")
+    os.mkfifo(d / "model-with-fifo" / "pipe")
     before = listing(d)
     yield d
     assert listing(d) == before, "a command changed the hostile inputs"
