@@ -223,6 +223,7 @@ def make_output_dir(root: Path) -> Path:
     """A fresh folder for one case's outputs, holding what outputs must not replace."""
     root.mkdir(parents=True)
     (root / "existing-dir").mkdir()
+    (root / "run-with-dirs" / "checkpoint.json").mkdir(parents=True)  # a report folder with a dir in the way
     (root / "existing-file").write_text("keep me\n")
     os.mkfifo(root / "fifo")
     return root

@@ -220,6 +220,7 @@ CASES: list[tuple[str, int, str]] = [
     (bench(data="rgb.npz"), 2, "channel"),
     (bench("--out {o}/existing-file"), 2, "is a file"),  # click's own check of --out
     (bench("--out {o}/existing-file/sub"), 2, "not a folder"),
+    (bench("--out {o}/run-with-dirs"), 2, "checkpoint.json: is a directory"),
     (bench("--device cuda:99"), 2, "--device"),
     # --- train ---------------------------------------------------------------------------------------
     (train(recipe="{d}/missing.toml"), 2, "no such file"),

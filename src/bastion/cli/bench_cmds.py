@@ -54,8 +54,8 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
     """
     from bastion.data import load_data
     from bastion.evaluation import benchmark, load_suite
-    from bastion.evaluation.bench import CHECKPOINT, check_inputs
-    from bastion.fsutil import check_output_dir, make_output_dir
+    from bastion.evaluation.bench import CHECKPOINT, check_inputs, check_report_folder
+    from bastion.fsutil import make_output_dir
     from bastion.models import load_model
 
     if batch_size is not None and batch_size <= 0:
@@ -74,7 +74,7 @@ def bench(model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume, batc
         notes.append(f"attacking the first {len(data)} of {len(all_data)} test samples (the default, sized to "
                      "finish in under 5 minutes on 2 CPU cores); use --n to change it")
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-{_slug(loaded.name)}-{_slug(suite.name)}"
-    check_output_dir(out, "report folder")
+    check_report_folder(out)
     check_inputs(loaded, data, suite, batch_size=batch_size)  # every refusal before the first line printed
     resume = resume_requested(resume, out / CHECKPOINT)
     make_output_dir(out, "report folder")

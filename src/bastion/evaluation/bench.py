@@ -7,14 +7,27 @@ from typing import Any
 
 from bastion.attacks.base import model_device
 from bastion.data import Dataset
+from bastion.evaluation.plots import PLOTS
 from bastion.evaluation.report import build_report, write_report
 from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.runner import EventHook, run_suite
 from bastion.evaluation.suite import Suite
+from bastion.fsutil import check_output_dir, check_output_file
 from bastion.models.fit import check_fit
 from bastion.models.loaded import LoadedModel
 
 CHECKPOINT = "checkpoint.json"
+#: The files a run writes in its report folder.
+RUN_FILES = (CHECKPOINT, "report.json", "report.md", *PLOTS.values())
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse, before the run, a report folder that cannot be made or a directory or special file
+    where one of :data:`RUN_FILES` goes (it would fail only after all the work)."""
+    check_output_dir(out, "report folder")
+    if out.is_dir():
+        for name in RUN_FILES:
+            check_output_file(out / name, "report file")
 
 
 def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size: int | None = None) -> int:
