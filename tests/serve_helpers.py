@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +41,7 @@ from bastion.access.tokens import issue_token, new_jti
 from bastion.data import load_data
 from bastion.models.zoo import zoo_path
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 REPORT = Path(__file__).parent / "data" / "mnist-cnn-robust-quick-20.report.json"
 ISS = "https://auth.test"
 AUD = "bastion-gateway"
@@ -284,3 +289,84 @@ def wait_in_flight(url: str, count: int, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} request(s) never got in flight")
         time.sleep(0.02)
+
+
+def start_serve_process(args: list[str], log_path: Path, env: dict[str, str] | None = None
+                        ) -> tuple[subprocess.Popen, int]:
+    """``bastion serve ARGS`` as a real process (stdout and stderr to ``log_path``); (process, port) once listening."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", "serve", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"bastion serve exited {proc.returncode}: {text}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("bastion serve did not start")
+
+
+REDIS_SERVER = shutil.which("redis-server") or next(
+    (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(p).exists()), None)
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None,
+                                 reason="redis-server is not installed (apt-get install -y redis-server)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 (no persistence), in ``folder``; stop and start it at will."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        log = open(self.folder / "redis.log", "a")
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+def write_state_policy(path: Path, state: str, *, one_time: bool = False, limits: str = LIMITS) -> Path:
+    """The serving tests' policy with ``state`` (a ``state = ...`` line or a ``[state]`` table) and one_time_jti."""
+    header = f'audience = "{AUD}"\none_time_jti = {str(one_time).lower()}\n{state}\n'
+    path.write_text(POLICY.replace("{limits}", limits).replace(f'audience = "{AUD}"', header, 1))
+    return path

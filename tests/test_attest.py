@@ -12,6 +12,7 @@ from bastion.access.keys import generate_private_key
 from bastion.access.requirements import parse_requirement
 from bastion.access.signing import sign_model, verify_model
 from bastion.errors import UsageError, VerificationError
+from tests.report_helpers import hand_made_report
 from tests.signing_helpers import bench_report, make_model_dir
 
 REPORT = bench_report({0.1: 0.91, 0.3: 0.62}, n=200, clean=0.98, suite="standard",
@@ -168,4 +169,23 @@ def test_bench_report_layout_is_understood(tmp_path, key):
     ok = verify_attestation(weights, key.public_key(), result.attestation, require="robust_accuracy[0.1]>=0.6")
     assert ok.requirements_met
     with pytest.raises(VerificationError, match=r"flags==0 not met"):
+        verify_attestation(weights, key.public_key(), result.attestation, require="flags==0")
+
+
+def test_reports_with_intervals_attest_and_verify(tmp_path, key):
+    """A report as `bastion bench` writes it now (counts and intervals beside each accuracy) attests as before."""
+    report = hand_made_report({0.1: set(range(16)), 0.3: set(range(12))}, n=20, fired=("loss-still-rising",))
+    assert report["results"][1]["robust_accuracy_ci"]["k"] == 12
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"w" * 10)
+    result = attest_model(weights, report, key)
+    assert result.evaluation == {
+        "suite": "hand", "threat_models": [{"norm": "linf", "eps": [0.1, 0.3]}], "n": 20, "clean_accuracy": 1.0,
+        "robust_accuracy": [{"label": "linf", "eps": 0.1, "accuracy": 0.8}, {"label": "linf", "eps": 0.3,
+                                                                              "accuracy": 0.6}],
+        "flags": ["loss-still-rising"]}
+    ok = verify_attestation(weights, key.public_key(), result.attestation,
+                            require="robust_accuracy[0.3] >= 0.6 and clean_accuracy >= 1")
+    assert ok.requirements_met == ("robust_accuracy[0.3]>=0.6 (attested 0.6)", "clean_accuracy>=1 (attested 1)")
+    with pytest.raises(VerificationError, match=r"flags==0 not met \(attested value 1\)"):
         verify_attestation(weights, key.public_key(), result.attestation, require="flags==0")

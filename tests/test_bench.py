@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from bench_helpers import Spy, linear_model, loaded, make_state, make_unit, self_labelled, use_test_attacks, write_suite
+from scipy.stats import beta
 
 from bastion.attacks.fgsm import FGSM
 from bastion.attacks.pgd import PGD
@@ -47,19 +49,27 @@ def test_worst_case_aggregation_on_hand_made_outcomes():
     y = torch.tensor([0, 0, 0, 1, 1, 1])
     report = build_report(state, _Suite(), y, 2, run=RUN)
     at_small, at_large = report["results"]
-    assert report["summary"]["clean_accuracy"] == pytest.approx(5 / 6)
+    # Fractions are written to 6 decimals (bastion.evaluation.report_format).
+    assert report["summary"]["clean_accuracy"] == round(5 / 6, 6)
     assert at_small["robust_indices"] == [0, 2, 4]
-    assert at_small["robust_accuracy"] == pytest.approx(3 / 6)
+    assert at_small["robust_accuracy"] == round(3 / 6, 6)
     # At 0.2 the attacks alone leave {2, 3}; sample 3 was broken at 0.1, which also counts at 0.2.
-    assert at_large["robust_accuracy_raw"] == pytest.approx(2 / 6)
+    assert at_large["robust_accuracy_raw"] == round(2 / 6, 6)
     assert at_large["robust_indices"] == [2]
     assert at_large["broken_at_smaller_eps"] == 1
     assert [(a["attack"], a["broken_first"]) for a in at_large["attacks"]] == [("a", 2), ("b", 1)]
     classes = {c["class"]: c for c in at_large["per_class"]}
-    assert classes[0]["clean_accuracy"] == 1.0 and classes[0]["robust_accuracy"] == pytest.approx(1 / 3)
-    assert classes[1]["clean_accuracy"] == pytest.approx(2 / 3) and classes[1]["robust_accuracy"] == 0.0
-    assert at_large["class_gap"]["robust"] == {"gap": pytest.approx(1 / 3), "best_class": 0, "worst_class": 1}
-    assert report["summary"]["robust_accuracy"] == pytest.approx(1 / 6)
+    assert classes[0]["clean_accuracy"] == 1.0 and classes[0]["robust_accuracy"] == round(1 / 3, 6)
+    assert classes[1]["clean_accuracy"] == round(2 / 3, 6) and classes[1]["robust_accuracy"] == 0.0
+    # The gap's interval: Newcombe's square-and-add of the two classes' Clopper-Pearson bounds (1/3 and 0/3).
+    one_of_three, none_of_three = (beta.ppf(0.025, 1, 3), beta.ppf(0.975, 2, 2)), (0.0, beta.ppf(0.975, 1, 3))
+    low = 1 / 3 - math.hypot(1 / 3 - one_of_three[0], none_of_three[1])
+    high = 1 / 3 + math.hypot(one_of_three[1] - 1 / 3, 0.0)
+    assert at_large["class_gap"]["robust"] == {"gap": round(1 / 3, 6), "best_class": 0, "worst_class": 1,
+                                               "gap_ci": {"low": pytest.approx(low, abs=1e-6),
+                                                          "high": pytest.approx(high, abs=1e-6)}}
+    assert classes[0]["robust_accuracy_ci"]["k"] == 1 and classes[0]["robust_accuracy_ci"]["n"] == 3
+    assert report["summary"]["robust_accuracy"] == round(1 / 6, 6)
 
 
 def test_each_attack_only_sees_the_samples_still_standing(tmp_path):
@@ -72,7 +82,7 @@ def test_each_attack_only_sees_the_samples_still_standing(tmp_path):
     fgsm = report["results"][0]["attacks"][0]
     assert 0 < fgsm["broken_first"] < 30
     assert Spy.seen == [30 - fgsm["broken_first"]]
-    assert report["summary"]["robust_accuracy"] == pytest.approx((30 - fgsm["broken_first"]) / 30)
+    assert report["summary"]["robust_accuracy"] == round((30 - fgsm["broken_first"]) / 30, 6)
 
 
 def test_claims_that_do_not_recheck_are_not_counted(tmp_path):

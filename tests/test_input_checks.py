@@ -356,8 +356,8 @@ def test_the_n_and_resume_rules(tmp_path, capsys):
     assert len(choose_samples(data, None, 1000)) == 4 and len(choose_samples(data, 3, 1000)) == 3
     with pytest.raises(UsageError, match="--n: d holds 4 samples, fewer than the 5 asked for"):
         choose_samples(data, 5, 1000)
-    assert resume_requested(False, tmp_path / "none") is False and capsys.readouterr().err == ""
-    assert resume_requested(True, tmp_path / "none") is False
+    assert resume_requested(False, False, tmp_path / "none") is False and capsys.readouterr().err == ""
+    assert resume_requested(True, False, tmp_path / "none") is False
     assert capsys.readouterr().err == f"warning: --resume: no checkpoint at {tmp_path / 'none'}; starting a new run\n"
     (tmp_path / "ckpt").write_text("{}")
-    assert resume_requested(True, tmp_path / "ckpt") is True
+    assert resume_requested(True, True, tmp_path / "ckpt") is True

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from serve_helpers import audit_lines, bearer, infer_body, small_repository, token, wait_in_flight, world
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-c", "from bastion.cli import main; main()", "serve", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        text = (tmp_path / "serve.log").read_text()
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
-        if found:
-            return proc, int(found.group(1))
-        if proc.poll() is not None:
-            raise AssertionError(f"bastion serve exited {proc.returncode}: {text}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("bastion serve did not start")
+from serve_helpers import (audit_lines, bearer, infer_body, small_repository, start_serve_process, token,
+                           wait_in_flight, world)
 
 
 def test_sigterm_drains_in_flight_requests_flushes_the_audit_log_and_exits_0(tmp_path):
     repo = small_repository("repo-drain", "plain")
     audit = tmp_path / "audit.jsonl"
-    proc, port = _start(["--repository", str(repo), "--policy", str(world().policy_path), "--port", "0",
-                         "--audit-log", str(audit)], tmp_path)
+    proc, port = start_serve_process(["--repository", str(repo), "--policy", str(world().policy_path),
+                                      "--port", "0", "--audit-log", str(audit)], tmp_path / "serve.log")
     try:
         auth = bearer(token("mia"))
         body = json.dumps(infer_body()).encode()

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from bastion.access import tokens as tokens_module
 from bastion.access.token_keys import public_jwk
 from bastion.errors import TokenError
-from test_tokens_support import (AUD, ISS, JwksServer, b64, claims, es256_policy, forge, kid_of, private_key, sign,
-                                 write_policy)
+from test_tokens_support import (AUD, ISS, JwksServer, b64, claims, es256_policy, forge, kid_of, malleate, private_key,
+                                 sign, write_policy)
 
 
 @pytest.fixture(scope="module")
@@ -274,21 +274,11 @@ def test_revoked_jti_and_subject(tmp_path):
     rejected(policy, token, "revoked: jti 'j-10'")
 
 
-def _malleate(token: str) -> str:
-    """The (r, n - s) twin of an ES256 token: a different string with the same claims, also valid."""
-    head, payload, signature = token.split(".")
-    raw = base64.urlsafe_b64decode(signature + "==")
-    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
-    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-    twin = r.to_bytes(32, "big") + (n - s).to_bytes(32, "big")
-    return f"{head}.{payload}.{b64(twin)}"
-
-
 def test_replayed_one_time_jti_including_malleated_twin(tmp_path, setup):
     plain_policy = setup[0]
     policy, key, _ = es256_policy(tmp_path, extra="one_time_jti = true")
     token = sign(claims(jti="once-1"), key)
-    twin = _malleate(token)
+    twin = malleate(token)
     assert twin != token
     assert plain_policy.verify(twin).jti == "once-1"  # the twin really is a valid signature
     first = policy.authorize(token, "predict", "mnist-cnn")

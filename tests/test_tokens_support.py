@@ -33,6 +33,16 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def malleate(token: str) -> str:
+    """The (r, n - s) twin of an ES256 token: a different string with the same claims, also valid."""
+    head, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "==")
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    twin = r.to_bytes(32, "big") + (n - s).to_bytes(32, "big")
+    return f"{head}.{payload}.{b64(twin)}"
+
+
 def claims(**overrides) -> dict:
     now = int(time.time())
     base = {"iss": ISS, "aud": AUD, "sub": "alice", "iat": now, "exp": now + 600, "jti": "jti-1",

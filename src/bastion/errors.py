@@ -42,6 +42,11 @@ class ConfigError(BastionError):
     """A malformed suite, recipe or policy file (names file, line and key where known)."""
 
 
+class ClusterError(BastionError):
+    """A distributed run that cannot go on: the cluster is unreachable, has no room for a worker, or keeps
+    losing one (finished shards stay checkpointed: rerun with ``--resume``)."""
+
+
 class KeySetError(ConfigError):
     """A JSON Web Key Set (a file, a URL's response, or a document) that is malformed or holds no usable key."""
 
@@ -88,3 +93,29 @@ def detail(exc: BaseException, limit: int = 300) -> str:
     one-line errors bastion raises in its place."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class ServiceUnavailable(BastionError):
+    """A service bastion depends on (the gateway's shared state in Redis) is unreachable or answered in error.
+
+    Whatever needed it is refused, never allowed: the gateway answers 503 with ``Retry-After``.
+    ``operation`` names what failed; ``retry_after`` is when trying again makes sense, in seconds.
+    """
+
+    def __init__(self, message: str, operation: str = "", retry_after: float = 1.0):
+        super().__init__(message)
+        self.operation = operation
+        self.retry_after = retry_after
+
+
+class TrainingProcessFailed(BastionError):
+    """A process of a multi-process training job failed, and the launcher stopped the others.
+
+    ``exit_code`` is the status the command exits with; ``reported`` means the failed process printed
+    its own one-line error already, so the command adds none.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, reported: bool = False):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reported = reported

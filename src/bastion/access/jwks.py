@@ -139,6 +139,8 @@ class RemoteJwks:
     an unknown kid waits for that refetch, never starts a second one.
     """
 
+    fetches = True
+
     def __init__(self, issuer: str, url: str, algorithm: str, *, ttl: float = DEFAULT_TTL_SECONDS,
                  cooldown: float = DEFAULT_COOLDOWN_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS, allow_insecure_localhost: bool = False,

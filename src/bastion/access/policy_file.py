@@ -21,6 +21,7 @@ from bastion.access.limits import parse_limits_section
 from bastion.access.model_trust import parse_models_section
 from bastion.access.policy import Policy, ScopeGrant, grant_problem
 from bastion.access.policy_reader import TableReader, resolve_path
+from bastion.access.shared_state_config import parse_state_section
 from bastion.access.token_keys import key_problem, read_secret_file, secret_problem, thumbprint
 from bastion.access.tokens import (ALGORITHMS, BASE_REQUIRED_CLAIMS, DEFAULT_MAX_LIFETIME_SECONDS,
                                    DEFAULT_MAX_TOKEN_BYTES, MAX_LEEWAY_SECONDS, MAX_LIFETIME_SECONDS, StaticKeys,
@@ -67,6 +68,7 @@ SectionParser = Callable[[Any, SectionContext], Any]
 SECTIONS: dict[str, SectionParser] = {
     "models": lambda value, context: parse_models_section(value, context.source, context.base_dir),
     "limits": lambda value, context: parse_limits_section(value, context.source, context.scope_names),
+    "state": lambda value, context: parse_state_section(value, context.source, context.base_dir, context.environ),
 }
 
 

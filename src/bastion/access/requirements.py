@@ -60,26 +60,55 @@ def parse_requirement(text: str) -> list[Clause]:
     return clauses
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One clause against one evaluation: the value it measured (None if the evaluation has none) and the verdict."""
+
+    clause: Clause
+    value: float | None
+    met: bool
+
+
+def evaluate_requirement(text: str, evaluation: dict[str, Any]) -> list[Outcome]:
+    """Every clause of ``text`` against ``evaluation`` (the shape of ``report_summary``), in order.
+
+    A clause the evaluation cannot answer (``robust_accuracy[EPS]`` at an eps it lacks) is
+    not met and has no value. Raises UsageError only for a malformed requirement.
+    """
+    outcomes = []
+    for clause in parse_requirement(text):
+        value = _field_value(clause, evaluation)
+        outcomes.append(Outcome(clause, value, value is not None and _OPS[clause.op](value, clause.value)))
+    return outcomes
+
+
 def check_requirement(text: str, evaluation: dict[str, Any], source: str) -> list[str]:
     """Evaluate every clause; raise VerificationError naming the first that fails. Returns the clauses met."""
     met = []
-    for clause in parse_requirement(text):
-        actual = _field_value(clause, evaluation, source)
-        if not _OPS[clause.op](actual, clause.value):
-            raise VerificationError(f"{source}: requirement {clause} not met (attested value {actual:g})")
-        met.append(f"{clause} (attested {actual:g})")
+    for outcome in evaluate_requirement(text, evaluation):
+        clause = outcome.clause
+        if outcome.value is None:
+            known = measured_eps(evaluation)
+            raise VerificationError(f"{source}: no robust accuracy attested at eps {clause.eps:g} "
+                                    f"(attested eps: {', '.join(f'{e:g}' for e in known) or 'none'})")
+        if not outcome.met:
+            raise VerificationError(f"{source}: requirement {clause} not met (attested value {outcome.value:g})")
+        met.append(f"{clause} (attested {outcome.value:g})")
     return met
 
 
-def _field_value(clause: Clause, evaluation: dict[str, Any], source: str) -> float:
+def measured_eps(evaluation: dict[str, Any]) -> list[float]:
+    """The eps values the evaluation has a robust accuracy for, ascending."""
+    return sorted({e["eps"] for e in evaluation["robust_accuracy"] if e["eps"] is not None})
+
+
+def _field_value(clause: Clause, evaluation: dict[str, Any]) -> float | None:
     if clause.field == "robust_accuracy":
         entries = evaluation["robust_accuracy"]
         if clause.eps is not None:
             entries = [e for e in entries if e["eps"] is not None and math.isclose(e["eps"], clause.eps)]
             if not entries:
-                known = sorted({e["eps"] for e in evaluation["robust_accuracy"] if e["eps"] is not None})
-                raise VerificationError(f"{source}: no robust accuracy attested at eps {clause.eps:g} "
-                                        f"(attested eps: {', '.join(f'{e:g}' for e in known) or 'none'})")
+                return None
         return min(e["accuracy"] for e in entries)
     if clause.field == "flags":
         return float(len(evaluation["flags"]))

@@ -63,6 +63,9 @@ def safe_kid_problem(kid: Any) -> str | None:
 class IssuerKeys(Protocol):
     """Where an issuer's verification keys come from: fixed keys, or a JWKS file or URL."""
 
+    #: Whether ``key_for`` may wait on a network (a JWKS URL): callers on an event loop decide in a thread.
+    fetches: bool
+
     def key_for(self, kid: str | None) -> tuple[str | None, Any]:
         """The (kid, key object) a token with this ``kid`` must verify under; TokenError if none."""
 
@@ -79,6 +82,8 @@ class IssuerKeys(Protocol):
 
 class StaticKeys:
     """Keys loaded once from key files, secrets or a JWKS file."""
+
+    fetches = False
 
     def __init__(self, issuer: str, keys: dict[str | None, Any]):
         self.issuer = issuer
@@ -166,6 +171,8 @@ class TokenVerifier:
         # the key, so the header is parsed once (by PyJWT) instead of twice.
         only = issuers[0].keys.only_key() if len(issuers) == 1 else None
         self._fixed = (issuers[0], only) if only is not None else None
+        #: Whether verifying may wait on a key server (some issuer's keys come from a JWKS URL).
+        self.fetches_keys = any(getattr(issuer.keys, "fetches", True) for issuer in issuers)
 
     def check_shape(self, token: Any) -> str:
         """The token as text, after the checks that cost nothing: type, size, ASCII, 3 segments.

@@ -56,10 +56,11 @@ def warn(text: str) -> None:
     click.echo(f"warning: {text}", err=True)
 
 
-def resume_requested(resume: bool, checkpoint: Path) -> bool:
-    """The one --resume rule (bench and train): with a checkpoint at ``checkpoint``, continue it;
-    without one, warn on stderr (even under --quiet and --json) and start a new run. Whether to resume."""
-    if resume and not checkpoint.is_file():
+def resume_requested(resume: bool, found: bool, checkpoint: Path) -> bool:
+    """The one --resume rule (bench and train): with a checkpoint (``found`` at ``checkpoint``),
+    continue it; without one, warn on stderr (even under --quiet and --json) and start a new run.
+    Whether to resume."""
+    if resume and not found:
         warn(f"--resume: no checkpoint at {checkpoint}; starting a new run")
         return False
     return resume

@@ -79,16 +79,35 @@ class Progress:
 
 
 class BenchProgress:
-    """The benchmark runner's events (:mod:`bastion.evaluation.runner`) on a :class:`Progress`."""
+    """The benchmark runner's events (:mod:`bastion.evaluation.runner`) on a :class:`Progress`; in a
+    sharded run (:mod:`bastion.evaluation.executors`) the bar counts samples over every shard."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self.running = 0
 
     def __call__(self, event) -> None:
+        from bastion.evaluation.executors import ShardFinished, ShardsPlanned, ShardStarted
         from bastion.evaluation.runner import IndicatorsStarted, Resumed, UnitFinished, UnitStarted
 
         show = self.progress
-        if isinstance(event, Resumed):
+        if isinstance(event, ShardsPlanned):
+            shards, done = event.layout.shards, set(event.finished)
+            if done:
+                show.line(f"resuming: {len(done)} of {len(shards)} shard(s) already finished")
+            show.start(f"{len(shards) - len(done)} shard(s) on {event.executor}", event.layout.n,
+                       completed=sum(s.size for s in shards if s.index in done))
+        elif isinstance(event, ShardStarted):
+            self.running += 1
+            show.update(description=f"{self.running} shard(s) running")
+        elif isinstance(event, ShardFinished):
+            self.running -= 1
+            result = event.result
+            robust, worker = result.record()["robust_at_largest_eps"], result.worker
+            show.line(f"  {result.shard.describe()}: {robust} of {result.shard.size} robust "
+                      f"({result.seconds:.1f} s on {worker.host} pid {worker.pid} {worker.device})")
+            show.update(description=f"{self.running} shard(s) running", advance=result.shard.size)
+        elif isinstance(event, Resumed):
             show.line(f"resuming: {len(event.state.units)} attack run(s) already finished")
         elif isinstance(event, UnitStarted):
             description = f"eps {event.eps:g} {event.attack} on {event.standing} samples"

@@ -1,4 +1,4 @@
-"""One call for a whole benchmark: run the suite (resumable), build the report, write it."""
+"""One call for a whole benchmark: run the suite (resumable, in shards if asked), build the report, write it."""
 
 from __future__ import annotations
 
@@ -7,18 +7,27 @@ from typing import Any
 
 from bastion.attacks.base import model_device
 from bastion.data import Dataset
+from bastion.evaluation.executors import Executor, LocalExecutor, ShardEventHook, run_sharded
+from bastion.evaluation.inputs import BenchInputs
 from bastion.evaluation.plots import PLOTS
 from bastion.evaluation.report import build_report, write_report
-from bastion.evaluation.inputs import BenchInputs
-from bastion.evaluation.runner import EventHook, run_suite
+from bastion.evaluation.runner import run_suite
+from bastion.evaluation.shards import DEFAULT_SHARD_SIZE, ShardCheckpoints, ShardLayout
 from bastion.evaluation.suite import Suite
 from bastion.fsutil import check_output_dir, check_output_file
 from bastion.models.fit import check_fit
 from bastion.models.loaded import LoadedModel
 
 CHECKPOINT = "checkpoint.json"
+SHARD_CHECKPOINTS = "shards"  # one file per finished shard, in this folder of out_dir
 #: The files a run writes in its report folder.
 RUN_FILES = (CHECKPOINT, "report.json", "report.md", *PLOTS.values())
+
+
+def has_checkpoint(out_dir: str | Path, *, sharded: bool) -> bool:
+    """Whether ``out_dir`` holds a checkpoint that ``resume=True`` would continue."""
+    out = Path(out_dir)
+    return bool(ShardCheckpoints(out / SHARD_CHECKPOINTS).files()) if sharded else (out / CHECKPOINT).exists()
 
 
 def check_report_folder(out: Path) -> None:
@@ -48,24 +57,42 @@ def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size:
 
 def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str | Path | None = None,
               seed: int = 0, resume: bool = False, batch_size: int | None = None,
-              on_event: EventHook | None = None, command: str = "") -> dict[str, Any]:
+              on_event: ShardEventHook | None = None, command: str = "", shard_size: int | None = None,
+              executor: Executor | None = None) -> dict[str, Any]:
     """Run ``suite`` on ``model`` over ``data`` and return the report.
 
     With ``out_dir`` the run checkpoints to ``out_dir/checkpoint.json`` after every
     attack (``resume=True`` continues from it) and writes report.json, report.md and
     the plots there when it finishes.
+
+    With ``shard_size`` or an ``executor`` the samples are cut into contiguous shards
+    (``shard_size``, default :data:`DEFAULT_SHARD_SIZE`) that ``executor`` runs (default: one
+    after another, here); each finished shard is checkpointed in ``out_dir/shards/``, and the
+    report records the layout and the workers under ``execution``
+    (:mod:`bastion.evaluation.executors`).
     """
     module = model.module
     device = model_device(module)
     num_classes = check_inputs(model, data, suite, batch_size=batch_size)
     inputs = BenchInputs(module, data.x.to(device), data.y.to(device), tuple(data.bounds), num_classes)
     out = Path(out_dir) if out_dir is not None else None
-    state = run_suite(inputs, suite, seed=seed, checkpoint=out / CHECKPOINT if out else None, resume=resume,
-                      batch_size=batch_size, on_event=on_event)
+    execution = None
+    if shard_size is None and executor is None:
+        state = run_suite(inputs, suite, seed=seed, checkpoint=out / CHECKPOINT if out else None, resume=resume,
+                          batch_size=batch_size, on_event=on_event)
+    else:
+        layout = ShardLayout.contiguous(len(data), shard_size or DEFAULT_SHARD_SIZE, seed)
+        sharded = run_sharded(inputs, suite, layout, executor or LocalExecutor(), seed=seed, batch_size=batch_size,
+                              checkpoint_dir=out / SHARD_CHECKPOINTS if out else None, resume=resume,
+                              on_event=on_event)
+        state, execution = sharded.state, sharded.record()
     run = {"model": {"name": model.name, "source": model.source, "sha256": inputs.model_sha256},
            "data": {"name": data.name, "n": len(data), "sha256": inputs.data_sha256},
-           "device": str(device), "command": command}
+           # Where the attacks ran: the executor's workers' device when it names one (Ray's may be GPUs).
+           "device": (execution or {}).get("device", str(device)), "command": command}
     report = build_report(state, suite, data.y, num_classes, run=run)
+    if execution is not None:
+        report["execution"] = execution
     if out is not None:
         report["files"] = {k: p.name for k, p in write_report(report, out).items()}
     return report

@@ -83,9 +83,15 @@ def fingerprint(inputs: BenchInputs, suite: Suite, seed: int) -> Fingerprint:
 
 def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: Path | None = None,
               resume: bool = False, batch_size: int | None = None, on_event: EventHook | None = None,
-              run_indicators: bool = True) -> RunState:
-    """Run every attack of ``suite`` at every eps; return the run's state (see module docstring)."""
+              run_indicators: bool = True, attack_seed: int | None = None) -> RunState:
+    """Run every attack of ``suite`` at every eps; return the run's state (see module docstring).
+
+    ``seed`` is the run's; ``attack_seed`` (default: ``seed``) seeds the attacks. They differ
+    only in a shard of a sharded run, whose attacks take the shard's seed
+    (:func:`bastion.evaluation.shards.shard_seed`) while its state keeps the run's.
+    """
     emit = on_event or (lambda event: None)
+    attack_seed = seed if attack_seed is None else attack_seed
     expected = fingerprint(inputs, suite, seed)
     state = _load_checkpoint(checkpoint, expected) if resume and checkpoint else None
     if state is not None:
@@ -105,18 +111,26 @@ def run_suite(inputs: BenchInputs, suite: Suite, *, seed: int = 0, checkpoint: P
                 continue
             standing = state.standing(eps)
             emit(UnitStarted(eps=eps, attack=spec.label, standing=len(standing), position=position, total=total))
-            unit = _run_unit(inputs, suite, spec, threat, standing, seed, batch_size)
+            unit = _run_unit(inputs, suite, spec, threat, standing, seed, attack_seed, batch_size)
             state = state.with_unit(unit)
             _save(checkpoint, state)
             emit(UnitFinished(unit))
 
     if run_indicators and state.indicators is None:
-        emit(IndicatorsStarted())
-        start = time.perf_counter()
-        found = compute_indicators(inputs, suite, state, seed=seed)
-        state = state.with_indicators(found, time.perf_counter() - start)
+        state = add_indicators(inputs, suite, state, seed=seed, on_event=emit)
         _save(checkpoint, state)
-        emit(IndicatorsFinished(state.indicator_seconds))
+    return state
+
+
+def add_indicators(inputs: BenchInputs, suite: Suite, state: RunState, *, seed: int,
+                   on_event: EventHook | None = None) -> RunState:
+    """``state`` with the attack-failure indicators of the whole run it describes (computed once per run)."""
+    emit = on_event or (lambda event: None)
+    emit(IndicatorsStarted())
+    start = time.perf_counter()
+    found = compute_indicators(inputs, suite, state, seed=seed)
+    state = state.with_indicators(found, time.perf_counter() - start)
+    emit(IndicatorsFinished(state.indicator_seconds))
     return state
 
 
@@ -146,10 +160,12 @@ def confirm_adversarial(model: nn.Module, threat: ThreatModel, eps: float, x: to
 
 
 def _run_unit(inputs: BenchInputs, suite: Suite, spec: AttackSpec, threat: ThreatModel, standing: list[int],
-              seed: int, batch_size: int | None) -> Unit:
-    attack = suite.build(spec, threat, seed=seed, batch_size=batch_size)
+              seed: int, attack_seed: int, batch_size: int | None) -> Unit:
+    attack = suite.build(spec, threat, seed=attack_seed, batch_size=batch_size)
+    # The unit records the run's seed, so the shards of one run merge; each shard's own
+    # attack seed follows from it and the shard's index (the report's execution.shards).
     unit = Unit(eps=threat.single, attack=spec.label, name=spec.name, family=attack.family,
-                params=attack.params(), standing=len(standing))
+                params={**attack.params(), "seed": seed}, standing=len(standing))
     if not standing:
         return unit
     where = inputs.positions(standing)

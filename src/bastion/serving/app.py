@@ -27,7 +27,7 @@ from bastion.serving.auth import Authorizer
 from bastion.serving.http import dumps, new_request_id
 from bastion.serving.metrics import GatewayMetrics
 from bastion.serving.repository import LoadReport, ModelRepository
-from bastion.serving.state import MemoryState, SharedState
+from bastion.serving.state import SharedState
 
 log = logging.getLogger("bastion.serve")
 EXEMPT_FROM_CAP = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -41,6 +41,7 @@ class GatewayConfig:
     device: str = "cpu"
     #: Threads running forward passes (one model version runs one batch at a time).
     workers: int = max(1, min(4, os.cpu_count() or 1))
+    #: Rate-limit buckets and spent one-time jti values; None: what the policy's ``state`` names.
     state: SharedState | None = None
 
 
@@ -53,7 +54,12 @@ class Gateway:
         self.limits: Limits = config.policy.limits or Limits()
         self.metrics = GatewayMetrics()
         self.audit = AuditLog(config.audit_log)
-        self.authorizer = Authorizer(self.policy, state=config.state or MemoryState(), limits=self.limits)
+        self.authorizer = Authorizer(self.policy, state=config.state, limits=self.limits,
+                                     on_state_error=self.metrics.state_error)
+        self.state = self.authorizer.state
+        if self.state.blocking:
+            log.info("shared state: %s (rate limits and one-time jti shared by every replica using it)",
+                     self.state.where)
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="bastion-infer")
         self.repository = ModelRepository(config.repository, self.policy.models, executor=self.executor,
                                           metrics=self.metrics, audit=self.audit, device=config.device)
@@ -71,6 +77,7 @@ class Gateway:
             return
         self._closed = True
         self.executor.shutdown(wait=True)
+        self.authorizer.close()
         self.audit.close()
 
 

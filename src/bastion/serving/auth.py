@@ -14,20 +14,30 @@ authorization endpoint alike. Per request, in order of cost:
    scope is 403 ``error="insufficient_scope"``.
 5. The per-caller bucket (issuer + subject) of the scope that granted the request: 429
    with ``Retry-After`` when it is empty.
+
+The buckets and spent one-time jti values live in a :class:`SharedState`. When it cannot
+answer (a shared Redis down), the request is refused with 503 and ``Retry-After``; the
+policy's ``[state] on_error = "open"`` lets requests past the rate limits instead, never
+past the one-time-jti check. With a state that waits on a network, callers on an event
+loop use :meth:`Authorizer.authorize_async`, which decides in a thread (also when an issuer's keys
+come from a JWKS URL, whose refetch for an unknown kid waits on the key server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from bastion.access.claims_cache import token_digest
 from bastion.access.limits import Limits
 from bastion.access.policy import Decision, Policy
-from bastion.errors import BastionError, TokenError
-from bastion.serving.state import MemoryState, SharedState, StateReplayGuard, retry_after_header
+from bastion.access.shared_state_config import state_config
+from bastion.errors import BastionError, ServiceUnavailable, TokenError
+from bastion.serving.state import SharedState, StateReplayGuard, open_state, retry_after_header
 
 REALM = 'Bearer realm="bastion"'
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*) *")
@@ -61,14 +71,45 @@ class AuthOutcome:
 
 
 class Authorizer:
+    """Decisions for one policy. ``state``: the buckets and spent jti values; by default the store the
+    policy's ``state`` key names (opened here, closed by :meth:`close`; ``on_state_error(operation)``
+    hears of each operation it fails)."""
+
     def __init__(self, policy: Policy, *, state: SharedState | None = None, limits: Limits | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, on_state_error: Callable[[str], None] | None = None):
         self.policy = policy
-        self.state = state or MemoryState()
+        settings = state_config(policy)
+        self._owns_state = state is None
+        self.state = state or open_state(settings, policy.verifier.rules.audience, on_error=on_state_error)
         self.limits = limits or policy.limits or Limits()
         self.clock = clock
+        self.rate_limits_fail_open = settings.rate_limits_fail_open
+        #: Whether requests are refused while the state cannot answer (not so only if nothing needs it).
+        self.needs_state = policy.one_time_jti or not self.rate_limits_fail_open
         if policy.one_time_jti:  # one-time jti values live in the shared state too, so replicas agree
             policy.replay_guard = StateReplayGuard(self.state)
+        # Threads that wait on a network (the shared state's, or a key server's JWKS refetch) for the
+        # event loop; idle ones cost nothing.
+        self._threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bastion-state") \
+            if self.state.blocking or policy.verifier.fetches_keys else None
+
+    async def authorize_async(self, authorization: str | None, client: str, action: str,
+                              model: str | None) -> AuthOutcome:
+        """:meth:`authorize` for a caller on an event loop, which it never blocks."""
+        return await self.off_loop(self.authorize, authorization, client, action, model)
+
+    async def off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, in a thread when the state or the key source waits on a network, else here."""
+        if self._threads is None:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
+
+    def close(self) -> None:
+        """Stop the state threads and let go of a state this authorizer opened."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+        if self._owns_state:
+            self.state.close()
 
     def authorize(self, authorization: str | None, client: str, action: str, model: str | None) -> AuthOutcome:
         if not authorization:
@@ -84,12 +125,19 @@ class Authorizer:
         now = self.clock()
         failed = self.limits.failed_auth
         fail_key = f"fail\x00{client}"
-        budget_left, wait = self.state.peek(fail_key, failed.rate, failed.burst, now)
+        try:
+            budget_left, wait = self.state.peek(fail_key, failed.rate, failed.burst, now)
+        except ServiceUnavailable as exc:
+            if not self.rate_limits_fail_open:
+                return unavailable(exc, "the failed-authentication limit")
+            budget_left = True
         if not budget_left and not self._cached(token):
             return AuthOutcome(429, f"too many failed authentications from {client}; retry in "
                                     f"{retry_after_header(wait)} s", headers={"retry-after": retry_after_header(wait)})
         try:
             decision = self.policy.authorize(token, action, model)
+        except ServiceUnavailable as exc:  # the one-time-jti check: never fails open
+            return unavailable(exc, "the one-time jti")
         except BastionError as exc:  # authorize answers with a Decision; this only guards the promise
             return self._failed(client, f"token rejected: {exc}")
         if not decision.allowed:
@@ -101,7 +149,12 @@ class Authorizer:
         if rate is not None:
             verified = decision.token
             key = f"rate\x00{verified.issuer}\x00{verified.subject}\x00{decision.granted_by}"
-            allowed, wait = self.state.take(key, rate.rate, rate.burst, now)
+            try:
+                allowed, wait = self.state.take(key, rate.rate, rate.burst, now)
+            except ServiceUnavailable as exc:
+                if not self.rate_limits_fail_open:
+                    return unavailable(exc, "the caller's rate limit", decision)
+                allowed = True  # on_error = "open": counted and logged by the state, not enforced
             if not allowed:
                 return AuthOutcome(429, f"rate limited: {verified.subject!r} may send {rate.rate:g} requests/s "
                                         f"(burst {rate.burst:g}) under scope {decision.granted_by!r}; retry in "
@@ -111,7 +164,10 @@ class Authorizer:
 
     def _failed(self, client: str, reason: str, decision: Decision | None = None) -> AuthOutcome:
         failed = self.limits.failed_auth
-        self.state.take(f"fail\x00{client}", failed.rate, failed.burst, self.clock())
+        try:
+            self.state.take(f"fail\x00{client}", failed.rate, failed.burst, self.clock())
+        except ServiceUnavailable:
+            pass  # refused anyway; the state counted and logged its failure
         description = _HEADER_UNSAFE.sub("", reason)[:200]
         return AuthOutcome(401, reason, decision, headers={
             "www-authenticate": f'{REALM}, error="invalid_token", error_description="{description}"'})
@@ -125,6 +181,13 @@ class Authorizer:
         except TokenError:
             return False
         return cache.get(token_digest(text)) is not None
+
+
+def unavailable(exc: ServiceUnavailable, needed: str, decision: Decision | None = None) -> AuthOutcome:
+    """503: the state that ``needed`` lives in cannot answer, so the request is refused (fail closed)."""
+    wait = retry_after_header(exc.retry_after)
+    return AuthOutcome(503, f"{exc}: {needed} cannot be checked, so the request is refused; retry in {wait} s",
+                       decision, headers={"retry-after": wait})
 
 
 def identity_headers(outcome: AuthOutcome, request_id: str) -> dict[str, str]:

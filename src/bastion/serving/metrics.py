@@ -18,6 +18,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Fixed words for authentication denials (the label values of bastion_auth_denials_total).
 DENIAL_REASONS = ("missing_token", "invalid_token", "expired_token", "revoked_token", "replayed_token",
                   "insufficient_scope", "address_limited")
+#: The shared state's operations (the label values of bastion_shared_state_errors_total).
+STATE_OPERATIONS = ("take", "peek", "spend_once", "is_spent", "ping", "other")
 
 
 class GatewayMetrics:
@@ -50,8 +52,28 @@ class GatewayMetrics:
                                       ["model", "reason"], registry=registry)
         self.models_served = Gauge("bastion_models_served", "Model versions being served.", registry=registry)
         self.in_flight = Gauge("bastion_requests_in_flight", "Requests being answered now.", registry=registry)
+        self.state_errors = Counter("bastion_shared_state_errors_total",
+                                    "Operations the shared state (rate limits, one-time jti) could not do: "
+                                    "its store was unreachable, too slow or answered in error.",
+                                    ["operation"], registry=registry)
         for reason in DENIAL_REASONS:  # present from the start, so rate() works before the first denial
             self.auth_denials.labels(reason)
+        for operation in STATE_OPERATIONS:
+            self.state_errors.labels(operation)
+
+    def state_error(self, operation: str) -> None:
+        """Count one failed operation of the shared state (its ``on_error`` hook; any thread)."""
+        self.state_errors.labels(operation if operation in STATE_OPERATIONS else "other").inc()
+
+    def count_refusal(self, outcome) -> None:
+        """Count an authorizer's refusal: a caller's rate limit, an auth denial, or neither (503: the state)."""
+        status = int((outcome.headers or {}).get("x-bastion-status", outcome.status))  # as decided, before nginx's 403
+        if status == 503:
+            return  # counted where it happened, in bastion_shared_state_errors_total
+        if status == 429 and outcome.decision is not None:
+            self.rate_limited.labels(outcome.scope or "").inc()
+        else:
+            self.auth_denials.labels(denial_reason(status, outcome.reason)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,8 +11,8 @@
   URL's query, which only its configuration controls); Envoy sends the original method
   and path after the ``/authz`` prefix. 2xx allows and carries ``X-Bastion-Subject``,
   ``X-Bastion-Issuer``, ``X-Bastion-Scope``; 401 and 403 deny. A rate-limited caller gets
-  429 (Envoy passes it on); nginx only understands 401 and 403, so there it is 403 with
-  ``Retry-After`` and ``X-Bastion-Status: 429``.
+  429 (Envoy passes it on), and 503 when the shared state cannot be checked; nginx only
+  understands 401 and 403, so there both are 403 with ``Retry-After`` and ``X-Bastion-Status``.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def authz_decision(authorizer: Authorizer, scope: dict, query: dict[str, str], f
         headers.update(identity_headers(outcome, request_id))
     else:
         headers["x-bastion-request-id"] = request_id
-        if nginx and outcome.status == 429:
-            headers["x-bastion-status"] = "429"
+        if nginx and outcome.status in (429, 503):
+            headers["x-bastion-status"] = str(outcome.status)
             outcome = AuthOutcome(403, outcome.reason, outcome.decision, headers)
     return outcome, headers, target[0] if target else None, target[1] if target else None
 
@@ -129,7 +129,8 @@ class BastionAuthMiddleware:
         started = time.perf_counter()
         request_id = new_request_id()
         action, model = target
-        outcome = self.authorizer.authorize(header(scope, b"authorization"), client_address(scope), action, model)
+        outcome = await self.authorizer.authorize_async(header(scope, b"authorization"), client_address(scope),
+                                                        action, model)
         status = outcome.status
         try:
             if not outcome.allowed:
@@ -163,7 +164,8 @@ class BastionAuthMiddleware:
         """A websocket to a guarded path needs the same token; refused, the handshake is closed (403)."""
         target = self.routes("GET", scope["path"])
         if target is not None:
-            outcome = self.authorizer.authorize(header(scope, b"authorization"), client_address(scope), *target)
+            outcome = await self.authorizer.authorize_async(header(scope, b"authorization"), client_address(scope),
+                                                            *target)
             if not outcome.allowed:
                 await receive()  # websocket.connect
                 await send({"type": "websocket.close", "code": 1008})

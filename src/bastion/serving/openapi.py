@@ -33,7 +33,8 @@ _REFUSALS = {
                  {**_CHALLENGE, **_REQUEST_ID}),
     "429": _json(_ERROR, "The caller's rate limit, or this address's failed-authentication limit, is used up.",
                  {**_RETRY, **_REQUEST_ID}),
-    "503": _json(_ERROR, "Too many requests in flight, or the audit log cannot be written.", _RETRY),
+    "503": _json(_ERROR, "Too many requests in flight, the audit log cannot be written, or the shared state "
+                         "(rate limits, one-time jti) cannot answer.", _RETRY),
 }
 _MODEL_ERRORS = {
     "400": _json(_ERROR, "A malformed name or version, or a model that is not served (the reason says why)."),
@@ -162,7 +163,8 @@ def _model_operations(params: list[dict]) -> dict[str, dict]:
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": {"summary": "Liveness.", "responses": {"200": _json(_ref("Live"), "Alive.")}}},
-        "/v2/health/ready": {"get": {"summary": "Readiness (false while shutting down).", "responses": {
+        "/v2/health/ready": {"get": {"summary": "Readiness (false while shutting down, or while the audit log or the "
+                                              "shared state it needs fails).", "responses": {
             "200": _json(_ref("Ready"), "Ready."), "503": _json(_ref("Ready"), "Not ready.")}}},
         "/v2": {"get": {"summary": "Server metadata.", "responses": {
             "200": _json(_ref("ServerMetadata"), "Name, version, extensions.")}}},
@@ -193,7 +195,8 @@ def openapi_document() -> dict[str, Any]:
     authz_responses = {
         "200": _json(_ref("AuthzAllowed"), "Allowed (or an open path); identity in X-Bastion-Subject, "
                                             "X-Bastion-Issuer, X-Bastion-Scope."),
-        "401": _REFUSALS["401"], "403": _json(_ERROR, "Denied: scope, unknown path (or, under nginx, rate limited)."),
+        "401": _REFUSALS["401"], "403": _json(_ERROR, "Denied: scope, unknown path (or, under nginx, rate limited or "
+                                                 "shared state down: see X-Bastion-Status)."),
         "429": _REFUSALS["429"], "503": _REFUSALS["503"]}
     forwarded = {"name": "path", "in": "path", "required": True, "description": "The forwarded request's path (Envoy).",
                  "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$"}}

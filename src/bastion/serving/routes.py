@@ -28,7 +28,6 @@ from bastion.access.names import model_name_problem, version_problem
 from bastion.serving.auth import audit_fields
 from bastion.serving.http import AUTHZ_METHODS, HttpError, error_response, json_response, new_request_id, one_line
 from bastion.serving.inputs import BINARY_HEADER, check_media_type, encode_response, parse_infer_request
-from bastion.serving.metrics import denial_reason
 from bastion.serving.middleware import authz_decision
 from bastion.serving.openapi import openapi_document
 from bastion.serving.repository import PLATFORM
@@ -78,12 +77,10 @@ def build_routes(gateway) -> list[Route]:
             if not audit.healthy:
                 raise HttpError(503, f"{audit.error}: refusing requests that could not be audited")
             valid_name = name if name is not None and model_name_problem(name) is None else None
-            outcome = authorizer.authorize(request.headers.get("authorization"), client, action, valid_name)
+            outcome = await authorizer.authorize_async(request.headers.get("authorization"), client, action,
+                                                       valid_name)
             if not outcome.allowed:
-                if outcome.status == 429 and outcome.decision is not None:
-                    metrics.rate_limited.labels(outcome.scope or "").inc()
-                else:
-                    metrics.auth_denials.labels(denial_reason(outcome.status, outcome.reason)).inc()
+                metrics.count_refusal(outcome)
                 raise HttpError(outcome.status, outcome.reason, outcome.headers)
             if name is not None and valid_name is None:
                 raise HttpError(400, f"model name: {model_name_problem(name)}")
@@ -125,6 +122,13 @@ def build_routes(gateway) -> list[Route]:
             return json_response({"ready": False, "reason": "shutting down"}, 503)
         if not audit.healthy:
             return json_response({"ready": False, "reason": audit.error}, 503)
+        problem = await authorizer.off_loop(gateway.state.health)
+        if problem is not None:
+            if authorizer.needs_state:
+                return json_response({"ready": False, "reason": f"{problem}: requests are refused until it answers"},
+                                     503)
+            return json_response({"ready": True, "reason": f"{problem}: rate limits are not enforced meanwhile "
+                                                           "(state.on_error = \"open\")"})
         return json_response({"ready": True})
 
     async def server_metadata(request: Request) -> Response:
@@ -246,13 +250,11 @@ def build_routes(gateway) -> list[Route]:
         request_id = new_request_id()
         if not audit.healthy:
             return error_response(503, f"{audit.error}: refusing requests that could not be audited")
-        outcome, headers, action, model = authz_decision(authorizer, request.scope, dict(request.query_params),
-                                                         request.path_params.get("path", ""), request_id)
+        outcome, headers, action, model = await authorizer.off_loop(
+            authz_decision, authorizer, request.scope, dict(request.query_params), request.path_params.get("path", ""),
+            request_id)
         if not outcome.allowed:
-            if outcome.decision is not None and outcome.decision.allowed:
-                metrics.rate_limited.labels(outcome.scope or "").inc()
-            else:
-                metrics.auth_denials.labels(denial_reason(outcome.status, outcome.reason)).inc()
+            metrics.count_refusal(outcome)
         seconds = time.perf_counter() - started
         audit.write({"request_id": request_id, "client": request.client.host if request.client else "unknown",
                      "action": action, "model": model, "version": None, "status": outcome.status,

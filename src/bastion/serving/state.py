@@ -1,26 +1,38 @@
 """The gateway's mutable security state, behind one small interface so replicas can share it.
 
-Two operations cover everything the gateway remembers between requests:
+Two kinds of operation cover everything the gateway remembers between requests:
 
-- ``take(key, rate, burst, now) -> (allowed, retry_after)``: one token bucket per key
-  (per caller and scope, or per client address for failed authentications);
+- ``take(key, rate, burst, now) -> (allowed, retry_after)`` (and ``peek``, which takes
+  nothing): one token bucket per key (per caller and scope, or per client address for
+  failed authentications);
 - ``spend_once(key, ttl, now) -> bool``: True the first time a key is spent within
-  ``ttl`` seconds (one-time ``jti`` values), False for a replay.
+  ``ttl`` seconds (one-time ``jti`` values), False for a replay (and ``is_spent``).
 
-:class:`MemoryState` keeps them in this process. A store shared by several gateway
-replicas (e.g. Redis) implements the same two methods; nothing else changes.
+Keys are ``kind\x00fields...`` (``rate``, ``fail``, ``jti``). :class:`MemoryState` keeps
+them in this process; :class:`~bastion.serving.redis_state.RedisState` in a Redis that
+every replica shares (the policy's ``state`` key, read by :func:`open_state`). A store
+that cannot answer raises :class:`~bastion.errors.ServiceUnavailable`, and the gateway
+fails closed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
-from typing import Protocol
+from typing import Callable, Protocol
 
 from bastion.access.claims_cache import replayed
+from bastion.access.shared_state_config import SharedStateConfig
+from bastion.errors import TokenError
 
 
 class SharedState(Protocol):
+    #: True when the operations wait on a network: callers on an event loop run them in a thread.
+    blocking: bool
+    #: Where the state lives, for logs and errors (never a password).
+    where: str
+
     def take(self, key: str, rate: float, burst: float, now: float) -> tuple[bool, float]:
         """Take one token from ``key``'s bucket; (allowed, seconds until one is available if not)."""
 
@@ -33,9 +45,18 @@ class SharedState(Protocol):
     def is_spent(self, key: str, now: float) -> bool:
         """Whether ``key`` was spent and has not been forgotten yet."""
 
+    def health(self) -> str | None:
+        """None while the store answers, else why not (may wait up to the store's timeout)."""
+
+    def close(self) -> None:
+        """Let go of connections (the state is not used after this)."""
+
 
 class MemoryState:
     """In-process buckets and spent keys, bounded: idle full buckets and expired keys are dropped."""
+
+    blocking = False
+    where = "memory (this process)"
 
     def __init__(self, max_keys: int = 1_000_000):
         self.max_keys = max_keys
@@ -84,6 +105,36 @@ class MemoryState:
         with self._lock:
             forget_at = self._spent.get(key)
             return forget_at is not None and forget_at > now
+
+    def health(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def state_namespace(config: SharedStateConfig, audience: str) -> str:
+    """``bastion:<key_prefix>``, or ``bastion:<digest of the audience>`` by default.
+
+    The audience, not the whole policy file: gateways that accept the same tokens must share
+    their spent jti values, and a digest of the file would split the replicas for the length
+    of every policy roll-out (a jti spent at a replica on the old file could be replayed at
+    one on the new).
+    """
+    return f"bastion:{config.key_prefix or hashlib.sha256(audience.encode('utf-8')).hexdigest()[:16]}"
+
+
+def open_state(config: SharedStateConfig, audience: str,
+               on_error: Callable[[str], None] | None = None) -> SharedState:
+    """The store a policy's ``state`` names: this process's memory, or a shared Redis.
+
+    ``on_error(operation)`` is called for each operation the store failed (a metric).
+    """
+    if not config.shared:
+        return MemoryState()
+    from bastion.serving.redis_state import RedisState
+
+    return RedisState(config, state_namespace(config, audience), on_error=on_error)
 
 
 class StateReplayGuard:

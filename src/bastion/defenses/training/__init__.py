@@ -2,10 +2,12 @@
 
 Owns: the recipe schema (``recipe``), the training objectives and their inner attacks
 (``losses``), weight averaging (``averaging``) and adversarial weight perturbation (``awp``),
-the loop with its held-out check and guard (``trainer``), checkpoints (``checkpoint``) and the
-trained bundle (``bundle``). May import threat, data, errors, fsutil, tomlfile, models and
-attacks (the inner attacks take their pieces from ``bastion.attacks.toolbox``; the held-out
-check runs registered attacks); never evaluation, access, serving or cli.
+the loop with its held-out check and guard (``trainer``), checkpoints (``checkpoint``), the
+trained bundle (``bundle``), data-parallel training over the ranks of a torchrun job
+(``distributed``) and the launcher ``bastion train --nproc`` starts (``launcher``). May import
+threat, data, errors, fsutil, tomlfile, models and attacks (the inner attacks take their pieces
+from ``bastion.attacks.toolbox``; the held-out check runs registered attacks); never evaluation,
+access, serving or cli.
 """
 
 from bastion.defenses.training.bundle import save_trained_bundle

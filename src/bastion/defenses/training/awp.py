@@ -37,20 +37,27 @@ def perturbed_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @contextmanager
 def weight_perturbation(model: nn.Module, loss_fn: Callable[[], torch.Tensor], gamma: float,
+                        reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
                         ) -> Iterator[list[torch.Tensor]]:
     """Inside the block, ``model``'s weights are ``w + v`` (see the module docstring), with ``v``
     from the gradient of ``loss_fn()`` at ``w``; on leaving, exactly ``w`` again.
+
+    In data-parallel training ``loss_fn`` sees one rank's shard of the batch, and ``reduce`` averages
+    the gradients over the ranks before ``v`` is taken, so every rank perturbs along the gradient of
+    the whole batch: identically, and as one process would.
 
     Yields the perturbations ``v_l`` (one per tensor of :func:`perturbed_parameters`).
     """
     weights = perturbed_parameters(model)
     grads = torch.autograd.grad(loss_fn(), weights, allow_unused=True)
+    # A weight the objective does not reach has a zero gradient.
+    grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
+    if reduce is not None:
+        grads = reduce(grads)
     saved = [w.detach().clone() for w in weights]
     deltas = []
     with torch.no_grad():
         for w, g in zip(weights, grads):
-            if g is None:  # a weight the objective does not reach
-                g = torch.zeros_like(w)
             v = g * (gamma * w.norm() / g.norm().clamp_min(1e-12))
             w.add_(v)
             deltas.append(v)

@@ -9,6 +9,10 @@ steps, where AWP has put the unperturbed weights back, so it never holds a
 perturbation (AWP keeps none from one step to the next). It is written with ``torch.save`` and
 read back with ``torch.load(weights_only=True)``, which only rebuilds tensors
 and plain containers, so a checkpoint cannot run code when loaded.
+
+In data-parallel training rank 0 alone writes it, and on resume reads its bytes
+(:func:`read_checkpoint`) for every rank to load (see :mod:`.distributed`); it records how
+many processes wrote it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from bastion.errors import UsageError
 from bastion.fsutil import atomic_write_bytes
 
 CHECKPOINT_FILE = "last.pt"
-FORMAT = 2  # 2: averaged weights, restored_epoch, awp_steps
+FORMAT = 2  # 2: averaged weights, restored_epoch, awp_steps (and processes; absent in older files = 1)
 
 
 @dataclass
@@ -47,10 +51,25 @@ class TrainingState:
     restored_epoch: int | None = None  # the epoch whose weights the collapse guard restored, if it did
     awp_steps: int = 0             # optimizer steps taken at AWP-perturbed weights
     finished: bool = False
+    processes: int = 1             # training processes (ranks) of the run that wrote the checkpoint
 
 
 def checkpoint_path(directory: str | Path) -> Path:
     return Path(directory) / CHECKPOINT_FILE
+
+
+def read_checkpoint(directory: str | Path) -> bytes | None:
+    """The checkpoint file's bytes, or None when there is none."""
+    try:
+        return checkpoint_path(directory).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def refuse_to_overwrite(directory: str | Path) -> UsageError:
+    """The error for a checkpoint left by an earlier run when --resume was not asked for."""
+    return UsageError(f"{checkpoint_path(directory)} exists from an earlier run: pass --resume to continue it, "
+                      f"or delete {directory} to start over")
 
 
 def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn.Module,
@@ -63,6 +82,7 @@ def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn
             "seconds": state.seconds, "cpu_seconds": state.cpu_seconds, "best_epoch": state.best_epoch,
             "best_robust": state.best_robust, "history": state.history, "events": state.events,
             "restored_epoch": state.restored_epoch, "awp_steps": state.awp_steps, "finished": state.finished,
+            "processes": state.processes,
         }),
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -80,11 +100,14 @@ def save_checkpoint(directory: str | Path, state: TrainingState, model: torch.nn
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, *, recipe_digest: str, seed: int,
-                    average: WeightAverage | None = None) -> TrainingState:
-    """Restore ``model``, ``optimizer``, ``generator`` (and ``average``) in place; return the saved state."""
+                    average: WeightAverage | None = None, data: bytes | None = None) -> TrainingState:
+    """Restore ``model``, ``optimizer``, ``generator`` (and ``average``) in place; return the saved state.
+
+    ``data`` is the file's content when it was read already (by rank 0, for every rank).
+    """
     path = checkpoint_path(directory)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
         meta = json.loads(payload["meta"])
         if payload.get("format") != FORMAT:
             raise ValueError(f"format {payload.get('format')!r}")
@@ -104,4 +127,5 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
         recipe_digest=recipe_digest, seed=seed, epoch=meta["epoch"], step=meta["step"], seconds=meta["seconds"],
         cpu_seconds=meta["cpu_seconds"], best_epoch=meta["best_epoch"], best_robust=meta["best_robust"],
         best_weights=dict(payload["best_weights"]), history=meta["history"], events=meta["events"],
-        restored_epoch=meta["restored_epoch"], awp_steps=meta["awp_steps"], finished=meta["finished"])
+        restored_epoch=meta["restored_epoch"], awp_steps=meta["awp_steps"], finished=meta["finished"],
+        processes=meta.get("processes", 1))

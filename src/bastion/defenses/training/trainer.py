@@ -13,6 +13,11 @@ step's gradient at adversarially perturbed weights (:mod:`.awp`), and ``[average
 keeps an exponential moving average of the weights (:mod:`.averaging`), which is
 then the model: the held-out check judges it, the guard keeps or restores it, and
 the bundle holds it (``TrainResult.raw_model`` has the trained weights themselves).
+
+With ``ranks`` (in a torchrun job) several processes train the model together, each on
+its shard of every batch, with the recipe's ``batch_size`` as the global batch; how
+everything stays identical on every rank is :mod:`.distributed`'s docstring. One process
+(``ranks`` left out) trains exactly as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,12 @@ from bastion.attacks import get_attack
 from bastion.data import Dataset
 from bastion.defenses.training.averaging import WeightAverage
 from bastion.defenses.training.awp import weight_perturbation
-from bastion.defenses.training.checkpoint import TrainingState, checkpoint_path, load_checkpoint, save_checkpoint
+from bastion.defenses.training.checkpoint import (TrainingState, load_checkpoint, read_checkpoint, refuse_to_overwrite,
+                                                  save_checkpoint)
+from bastion.defenses.training.distributed import BACKEND, Ranks, gradient_average, local_replica
 from bastion.defenses.training.losses import BatchLoss, objective, training_inputs
 from bastion.defenses.training.recipe import Recipe
-from bastion.errors import ConfigError, DataError, ThreatModelError, UsageError
+from bastion.errors import ConfigError, DataError, ThreatModelError
 from bastion.models.architectures import ARCHITECTURES
 from bastion.models.fit import check_fit
 from bastion.models.loaded import LoadedModel
@@ -66,13 +74,19 @@ class TrainResult:
 
 
 def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
-          resume: bool = False, monitor: TrainingMonitor | None = None) -> TrainResult:
-    """Train ``model`` (default: a fresh ``recipe.model.architecture``) on ``data`` with ``recipe``."""
+          resume: bool = False, monitor: TrainingMonitor | None = None, ranks: Ranks | None = None) -> TrainResult:
+    """Train ``model`` (default: a fresh ``recipe.model.architecture``) on ``data`` with ``recipe``.
+
+    ``ranks``: this process's place in a torchrun job (:func:`.distributed.join`); every rank calls
+    ``train`` with the same arguments, and rank 0 alone writes ``checkpoint_dir``.
+    """
     monitor = monitor or TrainingMonitor()
+    ranks = ranks or Ranks()
     seed = recipe.recipe.seed
     train_set, holdout = split_holdout(data, recipe.data.holdout)
     if recipe.guard.collapse_drop > 0 and holdout is None:
         raise ConfigError(f"{recipe.source}: key 'guard.collapse_drop' needs held-out data: set data.holdout > 0")
+    ranks.batch_size(recipe)  # refuses a batch the ranks cannot share, before any rank waits for another
     with deterministic():
         torch.manual_seed(seed)
         if model is None:
@@ -83,30 +97,42 @@ def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, chec
         optimizer = make_optimizer(recipe, model)
         average = WeightAverage(model, recipe.average.decay) if recipe.average.decay > 0 else None
         generator = torch.Generator().manual_seed(seed)
-        state = TrainingState(recipe_digest=recipe.digest(), seed=seed)
+        state = TrainingState(recipe_digest=recipe.digest(), seed=seed, processes=ranks.world_size)
         resumed_from = None
-        if checkpoint_dir is not None and checkpoint_path(checkpoint_dir).is_file():
+        saved = None
+        if checkpoint_dir is not None:  # rank 0 reads it for every rank
+            saved = ranks.broadcast_bytes(read_checkpoint(checkpoint_dir) if ranks.is_main else None)
+        if saved is not None:
             if not resume:
-                raise UsageError(f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume to "
-                                 f"continue it, or delete {checkpoint_dir} to start over")
+                raise refuse_to_overwrite(checkpoint_dir)
             state = load_checkpoint(checkpoint_dir, model, optimizer, generator,
-                                    recipe_digest=state.recipe_digest, seed=seed, average=average)
+                                    recipe_digest=state.recipe_digest, seed=seed, average=average, data=saved)
             resumed_from = state.epoch
             monitor.message(f"resuming from the checkpoint after epoch {state.epoch} in {checkpoint_dir}")
+            if state.processes != ranks.world_size:
+                monitor.message(f"the checkpoint was written by {state.processes} training process(es), this run has "
+                                f"{ranks.world_size}: same global batch, other random draws than an uninterrupted run")
+                state.processes = ranks.world_size
         elif resume:
             monitor.message(f"no checkpoint in {checkpoint_dir}: starting from scratch")
         if recipe.awp.gamma > 0 and recipe.awp.warmup_epochs >= recipe.optimizer.epochs:
             monitor.message(f"AWP never starts: awp.warmup_epochs ({recipe.awp.warmup_epochs}) is not below the "
                             f"{recipe.optimizer.epochs} epochs")
-        _run_epochs(recipe, model, optimizer, average, generator, state, train_set, holdout, checkpoint_dir, monitor)
+        _run_epochs(recipe, model, optimizer, average, generator, state, train_set, holdout, checkpoint_dir, monitor,
+                    ranks)
     shipped = average.module if average is not None else model
     if _ships_best(recipe, state):
         shipped.load_state_dict(state.best_weights)
+    ranks.check_same_weights(shipped, model)
     for module in (shipped, model):
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    return TrainResult(model=shipped, recipe=recipe, history=state.history, metrics=_metrics(recipe, state),
+    metrics = _metrics(recipe, state)
+    if ranks.distributed:
+        metrics["distributed"] = {"processes": ranks.world_size, "backend": BACKEND,
+                                  "batch_per_process": ranks.batch_size(recipe)}
+    return TrainResult(model=shipped, recipe=recipe, history=state.history, metrics=metrics,
                        events=state.events, resumed_from=resumed_from,
                        raw_model=model if average is not None else None)
 
@@ -125,14 +151,22 @@ def check_training_inputs(recipe: Recipe, model: nn.Module, data: Dataset) -> No
 def train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                eps: float, bounds: tuple[float, float], generator: torch.Generator, *, perturb: bool) -> BatchLoss:
     """One optimizer step: the inner maximisation at the current weights, then the objective's gradient
-    (at AWP-perturbed weights when ``perturb``; the step itself starts from the unperturbed ones)."""
-    x_train = training_inputs(recipe, model, x, y, eps, bounds, generator)
+    (at AWP-perturbed weights when ``perturb``; the step itself starts from the unperturbed ones).
 
-    def loss_here() -> BatchLoss:
-        return objective(recipe, model, x, x_train, y, eps)
+    ``model`` may be wrapped in ``DistributedDataParallel`` (``x`` is then this rank's shard of the
+    batch): the inner attack and AWP's ascent run on the rank's own replica, AWP's ascent gradient is
+    averaged over the ranks before the perturbation is taken, and backward averages the step's.
+    """
+    replica = local_replica(model)
+    x_train = training_inputs(recipe, replica, x, y, eps, bounds, generator)
 
-    with weight_perturbation(model, lambda: loss_here().loss, recipe.awp.gamma) if perturb else nullcontext():
-        out = loss_here()
+    def loss_of(module: nn.Module) -> BatchLoss:
+        return objective(recipe, module, x, x_train, y, eps)
+
+    perturbation = (weight_perturbation(replica, lambda: loss_of(replica).loss, recipe.awp.gamma,
+                                        reduce=gradient_average(model)) if perturb else nullcontext())
+    with perturbation:
+        out = loss_of(model)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
     optimizer.step()
@@ -141,25 +175,31 @@ def train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimize
 
 def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, average: WeightAverage | None,
                 generator: torch.Generator, state: TrainingState, train_set: Dataset, holdout: Dataset | None,
-                checkpoint_dir, monitor) -> None:
+                checkpoint_dir, monitor, ranks: Ranks) -> None:
     settings = recipe.optimizer
     n = len(train_set)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
+    batch_size = ranks.batch_size(recipe)  # this process's share of the recipe's batch
+    steps_per_epoch = math.ceil(ranks.shard_size(n) / batch_size)
     total_steps = settings.epochs * steps_per_epoch
     evaluated = average.module if average is not None else model  # what the held-out check judges and ships
+    stepper = ranks.synchronised(model)  # with several ranks, backward all-reduces the gradient
     monitor.start(epochs=settings.epochs, first_epoch=state.epoch, steps_per_epoch=steps_per_epoch)
     while state.epoch < settings.epochs and not state.finished:
         wall, cpu = time.perf_counter(), time.process_time()
         perturb = recipe.awp.gamma > 0 and state.epoch >= recipe.awp.warmup_epochs
-        order = torch.randperm(n, generator=generator)
+        if ranks.distributed:  # draws fixed by (seed, epoch, rank): resuming needs no generator state
+            generator = ranks.epoch_generator(recipe.recipe.seed, state.epoch)
+            order = ranks.shard(n, recipe.recipe.seed, state.epoch)
+        else:
+            order = torch.randperm(n, generator=generator)
         loss_sum, correct, seen = 0.0, 0, 0
-        for batch in order.split(settings.batch_size):
+        for batch in order.split(batch_size):
             x = random_shift(train_set.x[batch], recipe.augment.shift, generator)
             y = train_set.y[batch]
             eps = training_eps(recipe, state.step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, state.step, total_steps)
-            out = train_step(recipe, model, optimizer, x, y, eps, train_set.bounds, generator, perturb=perturb)
+            out = train_step(recipe, stepper, optimizer, x, y, eps, train_set.bounds, generator, perturb=perturb)
             if average is not None:
                 average.update(model, state.step)
             state.step += 1
@@ -169,27 +209,65 @@ def _run_epochs(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
             seen += len(y)
             monitor.step(epoch=state.epoch + 1, loss=loss_sum / seen, accuracy=correct / seen)
         state.epoch += 1
+        loss_sum, correct, seen = ranks.sum(loss_sum, correct, seen)  # the epoch over every rank's shard
         record = {"epoch": state.epoch, "eps": round(eps, 6), "lr": optimizer.param_groups[0]["lr"],
                   "loss": loss_sum / seen, "train_accuracy": correct / seen}
         if recipe.awp.gamma > 0:
             record["awp"] = perturb
         if holdout is not None:
-            record.update(evaluate_holdout(recipe, evaluated, holdout))
-            _apply_guard(recipe, evaluated, state, record, monitor)
+            _check_holdout(recipe, evaluated, holdout, state, record, monitor, ranks)
         state.seconds += time.perf_counter() - wall
         state.cpu_seconds += time.process_time() - cpu
         record["seconds"] = round(state.seconds, 2)
         state.history.append(record)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and ranks.is_main:
             save_checkpoint(checkpoint_dir, state, model, optimizer, generator, average)
         monitor.epoch(record)
 
 
-def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record: dict, monitor) -> None:
-    """Track the best held-out robust accuracy; on a collapse, restore the best weights and stop."""
-    robust = record[holdout_key(recipe)]
+class GuardAction(IntEnum):
+    """What the guard does after a held-out check."""
+
+    KEEP = 0      # carry on
+    BEST = 1      # carry on, and remember these weights as the best
+    RESTORE = 2   # collapse: restore the best weights and stop
+
+
+def _check_holdout(recipe: Recipe, model: nn.Module, holdout: Dataset, state: TrainingState, record: dict, monitor,
+                   ranks: Ranks) -> None:
+    """Rank 0 measures the held-out figures and takes the guard's decision; every rank records both and
+    applies the decision."""
+    key = holdout_key(recipe)
+    shared = [0.0, 0.0, 0.0]
+    if ranks.is_main:
+        figures = evaluate_holdout(recipe, model, holdout)
+        shared = [figures["holdout_clean"], figures[key], guard_action(recipe, state, figures[key])]
+    clean, robust, action = ranks.broadcast_floats(shared)
+    record.update({"holdout_clean": clean, key: robust})
+    _apply_guard(recipe, model, state, record, monitor, GuardAction(int(action)))
+
+
+def guard_action(recipe: Recipe, state: TrainingState, robust: float) -> GuardAction:
+    """The guard's decision on a held-out figure: a collapse of more than ``guard.collapse_drop`` below
+    the best so far restores the best, a figure at least as good as the best becomes the best."""
     drop = recipe.guard.collapse_drop
     if drop > 0 and state.best_weights and state.best_robust - robust > drop:
+        return GuardAction.RESTORE
+    if robust >= state.best_robust:
+        return GuardAction.BEST
+    return GuardAction.KEEP
+
+
+def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record: dict, monitor,
+                 action: GuardAction | None = None) -> None:
+    """Track the best held-out robust accuracy; on a collapse, restore the best weights and stop.
+
+    ``action`` is the decision when another rank took it; by default it is taken here from ``record``.
+    """
+    robust = record[holdout_key(recipe)]
+    if action is None:
+        action = guard_action(recipe, state, robust)
+    if action is GuardAction.RESTORE:
         text = (f"catastrophic overfitting at epoch {state.epoch}: held-out {holdout_label(recipe)} accuracy fell "
                 f"from {state.best_robust:.1%} (epoch {state.best_epoch}) to {robust:.1%}; restored the epoch "
                 f"{state.best_epoch} weights and stopped")
@@ -200,7 +278,7 @@ def _apply_guard(recipe: Recipe, model: nn.Module, state: TrainingState, record:
         record["restored_epoch"] = state.best_epoch
         monitor.message(text)
         return
-    if robust >= state.best_robust:
+    if action is GuardAction.BEST:
         state.best_robust, state.best_epoch = robust, state.epoch
         state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         record["best"] = True
