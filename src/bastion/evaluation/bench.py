@@ -39,19 +39,22 @@ def check_report_folder(out: Path) -> None:
             check_output_file(out / name, "report file")
 
 
-def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size: int | None = None) -> int:
+def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size: int | None = None,
+                 build_attacks: bool = True) -> int:
     """Everything a benchmark can refuse before it starts, each as one line; returns the class count.
 
     The data must fit the model (sample shape, labels: :func:`bastion.models.fit.check_fit`), the
-    suite's eps must lie within the input box of these samples, and every attack must accept the
-    batch size. :func:`benchmark` calls it first; a caller that prints anything before the run
-    (the CLI) calls it earlier, so a refusal is the only line it prints.
+    suite's eps must lie within the input box of these samples, and (``build_attacks``) every
+    attack must accept the batch size. A caller that prints anything before the run (the CLI)
+    calls it first, so a refusal is the only line it prints; :func:`benchmark` checks the data
+    again and leaves the attacks to the run, which builds each with its own seed.
     """
     num_classes = check_fit(model, data)
     suite.check_inputs(tuple(data.bounds), tuple(data.input_shape))
-    threat = suite.threat(suite.epsilons[0], tuple(data.bounds))
-    for spec in suite.attacks:
-        suite.build(spec, threat, seed=0, batch_size=batch_size)
+    if build_attacks:
+        threat = suite.threat(suite.epsilons[0], tuple(data.bounds))
+        for spec in suite.attacks:
+            suite.build(spec, threat, seed=0, batch_size=batch_size)
     return num_classes
 
 
@@ -73,7 +76,7 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
     """
     module = model.module
     device = model_device(module)
-    num_classes = check_inputs(model, data, suite, batch_size=batch_size)
+    num_classes = check_inputs(model, data, suite, build_attacks=False)
     inputs = BenchInputs(module, data.x.to(device), data.y.to(device), tuple(data.bounds), num_classes)
     out = Path(out_dir) if out_dir is not None else None
     execution = None
