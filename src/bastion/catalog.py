@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from bastion.errors import ConfigError
+from bastion.fsutil import file_kind
 
 KINDS = ("attacks", "defenses", "policies")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,8 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.suffix == ".toml" or "/" in text or "\\" in text:
+        if path.exists():
+            raise ConfigError(f"{text}: is {file_kind(path.stat().st_mode)}, not a TOML file")
         raise ConfigError(f"{text}: no such file")
     filename = f"{text}.toml"
     for folder in _folders(kind):

@@ -42,6 +42,11 @@ class GradientUnavailable(AttackError, RuntimeError):
     """
 
 
+class OutputError(BastionError):
+    """A file or folder bastion was asked to write that cannot be written: a missing or read-only
+    folder, a directory or special file in the way, a full disk."""
+
+
 class ConfigError(BastionError):
     """A malformed suite, recipe or policy file (names file, line and key where known)."""
 
@@ -90,6 +95,13 @@ class ModelRefused(VerificationError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+def detail(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a third-party exception's message (at most ``limit`` characters), for the
+    one-line errors bastion raises in its place."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
 
 
 class ServiceUnavailable(BastionError):

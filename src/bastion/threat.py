@@ -1,4 +1,11 @@
-"""Threat models as values: a norm, one or more eps, and the valid input range."""
+"""Threat models as values: a norm, one or more eps, and the valid input range.
+
+An eps is meaningful only up to the size of the input box: beyond the span ``hi - lo`` in Linf, or
+beyond the box's diagonal ``span * sqrt(dim)`` in L2, the ball already holds every valid input, so
+a larger eps changes nothing but can overflow float32 arithmetic. Both are refused
+(:func:`max_eps`): Linf when the threat model is made, L2 once the sample shape is known
+(:meth:`ThreatModel.check_sample_shape`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,20 @@ import torch
 from bastion.errors import ThreatModelError
 
 NORMS = ("linf", "l2")
+#: Relative slack on the eps maxima, so that an eps computed as exactly the span (or the diagonal)
+#: in floating point is not refused for its last bit.
+_EPS_SLACK = 1e-9
+
+
+def max_eps(norm: str, bounds: tuple[float, float], sample_shape: tuple[int, ...] | None = None) -> float:
+    """The largest meaningful eps: the span of the bounds for Linf, the diagonal of the input box
+    (``span * sqrt(dim)``) for L2 (infinite for L2 when the sample shape is not known)."""
+    span = float(bounds[1]) - float(bounds[0])
+    if norm == "linf":
+        return span
+    if sample_shape is None:
+        return math.inf
+    return span * math.sqrt(math.prod(sample_shape))
 
 
 @dataclass(frozen=True)
@@ -38,11 +59,26 @@ class ThreatModel:
             if not math.isfinite(e) or e < 0:
                 raise ThreatModelError(f"eps must be a finite number >= 0, got {e}")
         lo, hi = (float(b) for b in self.bounds)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and math.isfinite(hi - lo)):
             raise ThreatModelError(f"bounds must be two finite numbers lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "eps", values[0] if len(values) == 1 else values)
         object.__setattr__(self, "bounds", (lo, hi))
         object.__setattr__(self, "epsilons", values)
+        self._check_max(None)
+
+    def check_sample_shape(self, sample_shape: tuple[int, ...]) -> None:
+        """Refuse an eps larger than :func:`max_eps` for samples of this shape (the L2 bound needs it)."""
+        self._check_max(tuple(sample_shape))
+
+    def _check_max(self, sample_shape: tuple[int, ...] | None) -> None:
+        limit = max_eps(self.norm, self.bounds, sample_shape)
+        largest = self.epsilons[-1]
+        if largest > limit * (1 + _EPS_SLACK):
+            lo, hi = self.bounds
+            what = (f"the span of the input bounds [{lo:g}, {hi:g}]" if self.norm == "linf" else
+                    f"the diagonal of the input box [{lo:g}, {hi:g}]^{math.prod(sample_shape):,} (span x sqrt(dim))")
+            raise ThreatModelError(f"{self.norm} eps {largest:g} is larger than {limit:.6g}, {what}: a ball that "
+                                   "large already holds every valid input; give an eps of at most that")
 
     @property
     def single(self) -> float:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from bastion.errors import KeyFileError
-from bastion.fsutil import atomic_write_bytes
+from bastion.fsutil import atomic_write_bytes, read_regular_file
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ec-p521", "ed25519", "rsa-2048", "rsa-3072")
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -62,12 +62,7 @@ def write_keypair(path: str | Path, private_key, *, passphrase: bytes | None = N
 
 
 def _read(path: str | Path) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise KeyFileError(f"{p}: no such key file")
-    if p.stat().st_size > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"{p}: too large to be a key file")
-    return p.read_bytes()
+    return read_regular_file(path, limit=MAX_KEY_FILE_BYTES, error=KeyFileError, what="key file")
 
 
 def pem_is_encrypted(data: bytes) -> bool:

@@ -85,7 +85,10 @@ def sign_model(model: str | Path, private_key, *, signature: str | Path | None =
     check_hash_type(hash_type)
     signature = Path(signature) if signature else default_signature_path(model)
     ignores = signing_ignores(model, signature)
-    manifest = build_manifest(model, hash_type, ignores.paths, workers, ignore_files=ignores.files)
+    try:
+        manifest = build_manifest(model, hash_type, ignores.paths, workers, ignore_files=ignores.files)
+    except VerificationError as exc:  # a model that cannot be signed (a FIFO, a link inside) is bad input, not a "no"
+        raise UsageError(f"cannot sign: {exc}") from None
     if not manifest.resources:
         raise UsageError(f"{model}: holds no files to sign")
     bundle = sign_statement(model_statement(manifest), private_key)

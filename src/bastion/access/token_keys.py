@@ -21,6 +21,7 @@ from jwt import algorithms as jwt_algorithms
 from jwt import exceptions as jwt_errors
 
 from bastion.errors import KeyFileError, KeySetError
+from bastion.fsutil import read_regular_file
 
 HS256_MIN_SECRET_BYTES = 32
 MAX_SECRET_FILE_BYTES = 1024 * 1024
@@ -81,11 +82,7 @@ def read_secret_file(path: str | Path) -> bytes:
 
     The issuing and the verifying side both read secret files here, so they agree on the bytes.
     """
-    try:
-        with open(path, "rb") as fh:
-            secret = fh.read(MAX_SECRET_FILE_BYTES)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the secret file ({exc.strerror})") from None
+    secret = read_regular_file(path, limit=MAX_SECRET_FILE_BYTES, error=KeyFileError, what="secret file")
     for ending in (b"\r\n", b"\n"):
         if secret.endswith(ending):
             return secret[:-len(ending)]

@@ -30,6 +30,7 @@ from bastion.attacks.params import MAX_BATCH_SIZE, Params, integer
 from bastion.attacks.toolbox import per_sample, random_in_ball, steepest_ascent
 from bastion.errors import AttackError
 from bastion.models.loaded import as_module, unwrap
+from bastion.models.loaded import device_of as model_device  # one owner; still importable from here
 from bastion.threat import ThreatModel
 
 #: Samples per attack batch when none is given. On a CPU a batch of a few hundred images keeps
@@ -253,6 +254,7 @@ class Attack:
         lo, hi = self.threat.bounds
         if len(x) and (x.min() < lo or x.max() > hi):
             raise AttackError(f"{self.name}: x lies outside the threat model's bounds [{lo}, {hi}]")
+        self.threat.check_sample_shape(tuple(x.shape[1:]))  # an L2 eps beyond the input box's diagonal
         return x, y
 
 
@@ -267,14 +269,6 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     top_is_true = sorted_logits[:, -1] == true
     best_other = torch.where(top_is_true, sorted_logits[:, -2], sorted_logits[:, -1])
     return -(true - best_other) / (sorted_logits[:, -1] - sorted_logits[:, -3] + 1e-12)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def default_batch_size(device: torch.device) -> int:

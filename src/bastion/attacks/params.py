@@ -73,7 +73,7 @@ class Param:
         if isinstance(value, bool) or self.kind is bool:
             return isinstance(value, bool) and self.kind is bool
         if self.kind is float:
-            return isinstance(value, (int, float)) and math.isfinite(value)
+            return isinstance(value, (int, float)) and _finite(value)
         return isinstance(value, self.kind)
 
     def _in_range(self, value: Any) -> bool:
@@ -197,10 +197,18 @@ def json_scalar_problem(key: str, value: Any, *, max_int: int) -> Problem | None
     return None
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, int) and abs(value) >= 10 ** 12:
-        text = f"{value:.3g}"
+        text = f"{value:.3g}" if _finite(value) else "an integer too large for a float"
+    else:
+        text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -20,6 +20,7 @@ import click
 
 from bastion.errors import BastionError
 
+USAGE_ERROR = 2
 INTERNAL_ERROR = 70
 INTERRUPTED = 130
 
@@ -63,10 +64,18 @@ class BastionGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.ClickException as exc:  # the group's own options, e.g. `bastion --frob`
+            _fail_usage(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:  # a command's options: one line, like every other error
+            _fail_usage(exc)
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except BastionError as exc:
             _fail(str(exc), exc.exit_code)
@@ -83,6 +92,17 @@ class BastionGroup(click.Group):
 def _fail(message: str, code: int) -> None:
     click.echo("error: " + " ".join(message.split()), err=True)
     sys.exit(code)
+
+
+def _fail_usage(exc: click.exceptions.ClickException) -> None:
+    """A bad option or argument: click's message on one line, with where to read more (exit 2).
+    A group run without a command shows its help, as click does."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        raise exc
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    prefix = f"{ctx.command_path}: " if ctx is not None and ctx.parent is not None else ""
+    _fail(f"{prefix}{exc.format_message()}{where}", USAGE_ERROR)
 
 
 @click.group(cls=BastionGroup, context_settings={"help_option_names": ["-h", "--help"]})

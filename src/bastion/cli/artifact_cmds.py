@@ -6,6 +6,7 @@ its own (cryptography, PyJWT and the pickle scanner are not free to import).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ HASH_CHOICES = click.Choice(["sha256", "blake2b", "blake3"])
 hash_option = click.option("--hash", "hash_type", type=HASH_CHOICES, default="sha256", show_default=True,
                            help="Per-file hash. blake3 is the fast mode (model_signing's Python API verifies it; "
                                 "its command line verifies only sha256).")
+#: The most --max-expanded-gib takes (1 PiB): a bound, not a setting anyone needs.
+MAX_EXPANDED_GIB = 1 << 20
 workers_option = click.option("--workers", type=click.IntRange(1, 64), default=None,
                               help="Threads hashing files in parallel (default: one per core).")
 
@@ -38,8 +41,10 @@ def keygen(out, key_type, encrypt, force, as_json):
     """
     from bastion.access.envelope import key_hint
     from bastion.access.keys import generate_private_key, write_keypair
+    from bastion.fsutil import check_output_file
 
-    target = Path(out)
+    target = check_output_file(out, "key file")
+    check_output_file(target.with_name(target.name + ".pub"), "public key file")
     if not force:  # check before prompting for a passphrase
         for existing in (target, target.with_name(target.name + ".pub")):
             if existing.exists():
@@ -73,7 +78,10 @@ def sign(path, key_path, signature, hash_type, workers, as_json):
     """
     from bastion.access.envelope import load_signing_key
     from bastion.access.signing import sign_model
+    from bastion.fsutil import check_output_file
 
+    if signature is not None:
+        check_output_file(signature, "signature file")
     key = load_signing_key(key_path, passphrase_for(key_path))
     result = sign_model(path, key, signature=signature, hash_type=hash_type, workers=workers)
     summary = {"model": str(result.model), "signature": str(result.signature), "files": result.files,
@@ -199,7 +207,10 @@ def attest(path, report, key_path, out, hash_type, workers, as_json):
     """
     from bastion.access.attestation import attest_model, read_report
     from bastion.access.envelope import load_signing_key
+    from bastion.fsutil import check_output_file
 
+    if out is not None:
+        check_output_file(out, "attestation file")
     private_key = load_signing_key(key_path, passphrase_for(key_path))
     result = attest_model(path, read_report(report), private_key, out=out, hash_type=hash_type,
                           report_source=str(report), workers=workers)
@@ -217,7 +228,8 @@ def attest(path, report, key_path, out, hash_type, workers, as_json):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--max-expanded-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--max-expanded-gib", type=click.FloatRange(min=0, max=MAX_EXPANDED_GIB, min_open=True), default=4.0,
+              show_default=True,
               help="Most data to decompress per file (compressed archive members and streams); beyond it "
                    "the file is unscannable, as a compression bomb is.")
 @json_option
@@ -242,6 +254,8 @@ def scan(paths, max_expanded_gib, as_json):
     """
     from bastion.access.pickle_scan import ScanLimits, printable, scan_path
 
+    if not math.isfinite(max_expanded_gib):  # click's range lets NaN through
+        raise UsageError(f"--max-expanded-gib must be a number in (0, {MAX_EXPANDED_GIB:,}], got {max_expanded_gib}")
     limits = ScanLimits(max_expanded_bytes=int(max_expanded_gib * (1 << 30)))
     results = [r for p in paths for r in scan_path(p, limits)]
     findings = sum(len(r.findings) for r in results)
@@ -254,7 +268,7 @@ def scan(paths, max_expanded_gib, as_json):
             for f in r.findings:
                 click.echo(printable(f"{f.location}: {f.global_name} ({f.opcode}): {f.reason}"))
             for u in r.unscannable:
-                click.echo(printable(f"{u.location}: unscannable: {u.reason}"), err=True)
+                click.echo("error: " + printable(f"{u.location}: unscannable: {u.reason}"), err=True)
             if r.clean:
                 detail = f"{r.pickles} pickle(s)" if r.pickles else (r.note or "nothing to scan")
                 click.echo(printable(f"{r.file}: clean ({detail})"))

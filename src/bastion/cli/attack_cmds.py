@@ -5,9 +5,12 @@ from __future__ import annotations
 import click
 
 from bastion.cli import main
-from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
-                                seed_option, weights_option)
+from bastion.cli.common import (choose_samples, data_option, device_option, emit_json, json_option, model_option,
+                                pick_device, seed_option, weights_option)
 from bastion.errors import UsageError
+
+#: Test samples `bastion attack` attacks without --n.
+DEFAULT_N = 1000
 
 
 @main.command()
@@ -79,6 +82,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[key.strip()] = value
+        except (ValueError, RecursionError):  # a number of thousands of digits, lists nested thousands deep
+            raise UsageError(f"--param {key.strip()}: not a value bastion takes (too long or too deeply nested)") \
+                from None
     return params
 
 
@@ -111,7 +117,9 @@ class _AttackNameOption(click.Option):
 @model_option
 @weights_option
 @data_option
-@click.option("--n", "n", type=int, default=1000, show_default=True, help="Number of test samples.")
+@click.option("--n", "n", type=int, default=None,
+              help=f"Number of test samples: exactly this many (refused if the data holds fewer). "
+                   f"[default: {DEFAULT_N:,}, or all if the data holds fewer]")
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
               help="Attack parameter, e.g. -p steps=100 (repeatable).")
 @click.option("--batch-size", type=int, default=None,
@@ -135,16 +143,18 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     """
     from bastion.attacks import get_attack
     from bastion.data import load_data
+    from bastion.evaluation.report_format import fraction
     from bastion.evaluation.runner import confirmed_robust
-    from bastion.fsutil import atomic_write_bytes
+    from bastion.fsutil import atomic_write_bytes, check_output_file
     from bastion.models import load_model
+    from bastion.models.fit import check_fit
     from bastion.models.preparation import prepare
     from bastion.threat import ThreatModel
 
-    if n <= 0:
-        raise UsageError("--n must be positive")
-    if out and not out.endswith(".npz"):
-        raise UsageError(f"--out {out}: the output must be a .npz file")
+    if out is not None:
+        if not out.endswith(".npz"):
+            raise UsageError(f"--out {out}: the output must be a .npz file")
+        check_output_file(out, "--out file")
     dev = pick_device(device)
     attack_cls = get_attack(attack_name)
     attack_params = parse_params(params)
@@ -160,8 +170,10 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code,
                         onnx_runtime=onnx_runtime or forward_only)
     check_onnx_runtime(onnx_runtime, loaded)
-    data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
+    data = choose_samples(load_data(data_ref, "test", bounds=loaded.bounds), n, DEFAULT_N)
+    check_fit(loaded, data)
     threat = ThreatModel(norm=norm, eps=epsilons, bounds=data.bounds)
+    threat.check_sample_shape(data.input_shape)
     attack_obj = attack_cls(threat, batch_size=batch_size, seed=seed, **attack_params)
     x, y = data.x.to(dev), data.y.to(dev)
     prepared = prepare(loaded.module, x, acceleration_from(use_compile, channels_last, bf16), batch_size=batch_size)
@@ -171,8 +183,8 @@ def attack(attack_name, eps, norm, model_ref, weights, data_ref, n, params, batc
     summary = {
         "attack": attack_name, "params": attack_obj.params(), "model": loaded.source or loaded.name,
         "data": data.name, "n": len(data), "norm": norm,
-        "clean_accuracy": rechecked[0].clean_correct.float().mean().item(),
-        "results": [{"eps": r.eps, "robust_accuracy": c.robust.float().mean().item(), "unconfirmed": c.unconfirmed,
+        "clean_accuracy": fraction(rechecked[0].clean_correct.float().mean().item()),
+        "results": [{"eps": r.eps, "robust_accuracy": fraction(c.robust.float().mean().item()), "unconfirmed": c.unconfirmed,
                      "seconds": round(r.seconds, 3)} for r, c in zip(results, rechecked)],
         "runtime": "onnxruntime" if loaded.format == "onnx-runtime" else "torch",
         **prepared.to_dict(),

@@ -13,8 +13,8 @@ from bastion.cli.attack_cmds import (ACCELERATION_PARAMS, acceleration_from, acc
                                      parse_eps)
 from bastion.cli.bench_checks import (COMPARE_ONLY, RUN_ONLY, Gate, compare_and_print, given_options,
                                       parse_tolerance)
-from bastion.cli.common import (data_option, device_option, emit_json, json_option, pick_device, quiet_option,
-                                seed_option, weights_option)
+from bastion.cli.common import (choose_samples, data_option, device_option, emit_json, json_option, pick_device,
+                                quiet_option, resume_requested, seed_option, weights_option)
 from bastion.cli.progress import BenchProgress, Progress
 from bastion.errors import UsageError
 from bastion.evaluation.report_format import accuracy_text, interval_text, percent
@@ -35,10 +35,14 @@ ROBUST_DEFAULT = "mnist-cnn-robust"
 @click.option("--suite", "-s", "suite_ref", default="standard", show_default=True,
               help="Suite name (quick, standard, fast, l2, sweep) or path to a suite .toml file.")
 @click.option("--eps", "-e", multiple=True, help="Override the suite's eps; repeat or comma-separate for a sweep.")
-@click.option("--n", "n", type=int, default=None, help=f"Number of test samples. [default: {DEFAULT_N}]")
+@click.option("--n", "n", type=int, default=None,
+              help=f"Number of test samples: exactly this many (refused if the data holds fewer). "
+                   f"[default: {DEFAULT_N}, or all if the data holds fewer]")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Report directory. [default: runs/bench-MODEL-SUITE]")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out without redoing finished attacks.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out without redoing finished attacks (with no checkpoint "
+                   "there: a warning on stderr, and a new run).")
 @click.option("--batch-size", type=int, default=None, help="Attack batch size (default: each attack's own).")
 @click.option("--trust-code", is_flag=True, help="Allow a bundle's architecture to import Python code.")
 @click.option("--require", "requirement", metavar="EXPR",
@@ -110,8 +114,10 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
     from bastion.data import load_data
     from bastion.distributed import ModelSource, RayExecutor, import_ray
     from bastion.evaluation import benchmark, load_suite
-    from bastion.evaluation.bench import has_checkpoint
+    from bastion.evaluation.bench import (CHECKPOINT, SHARD_CHECKPOINTS, check_inputs, check_report_folder,
+                                          has_checkpoint)
     from bastion.evaluation.shards import DEFAULT_SHARD_SIZE
+    from bastion.fsutil import make_output_dir
 
     clash = given_options(ctx, COMPARE_ONLY)
     if clash:
@@ -149,26 +155,23 @@ def bench(ctx, model_ref, weights, data_ref, suite_ref, eps, n, out_dir, resume,
         runner.check_address()
     loaded = source.load(dev)
     check_onnx_runtime(onnx_runtime, loaded)
-    data = load_data(data_ref, "test", bounds=loaded.bounds)
-    if n is None:
-        n = min(DEFAULT_N, len(data))
-        if len(data) > n:
-            notes.append(f"attacking the first {n} of {len(data)} test samples (the default, sized to finish in "
-                         "under 5 minutes on 2 CPU cores); use --n to change it")
-    data = data.take(n)
+    all_data = load_data(data_ref, "test", bounds=loaded.bounds)
+    data = choose_samples(all_data, n, DEFAULT_N)
+    if n is None and len(all_data) > len(data):
+        notes.append(f"attacking the first {len(data)} of {len(all_data)} test samples (the default, sized to "
+                     "finish in under 5 minutes on 2 CPU cores); use --n to change it")
     if runner is not None and len(data) <= (shard_size or DEFAULT_SHARD_SIZE):
         notes.append(f"{len(data)} samples make one shard of up to {shard_size or DEFAULT_SHARD_SIZE}: one Ray worker "
                      "will run them all; use a smaller --shard-size to spread them")
     out = Path(out_dir) if out_dir else Path("runs") / f"bench-{_slug(loaded.name)}-{_slug(suite.name)}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create the report directory ({exc.strerror})") from None
+    check_report_folder(out)
+    check_inputs(loaded, data, suite, batch_size=batch_size)  # every refusal before the first line printed
     sharded = shard_size is not None or runner is not None
+    resume = resume_requested(resume, has_checkpoint(out, sharded=sharded),
+                              out / (SHARD_CHECKPOINTS if sharded else CHECKPOINT))
+    make_output_dir(out, "report folder")
     if not resume and has_checkpoint(out, sharded=sharded):
         notes.append(f"{out} holds an earlier run; starting over (use --resume to continue it)")
-    if resume and not has_checkpoint(out, sharded=sharded):
-        notes.append(f"--resume: {out} holds no checkpoint; starting a new run")
     if not quiet and not as_json:
         for note in notes:
             click.echo(f"note: {note}", err=True)

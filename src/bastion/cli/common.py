@@ -1,4 +1,4 @@
-"""Options, printing and key passphrases shared by the CLI commands.
+"""Options, printing, key passphrases and the rules shared by the CLI commands (--n, --resume).
 
 Imports nothing heavy: torch is imported inside :func:`pick_device` only, so the
 commands that need no model start at once.
@@ -15,7 +15,11 @@ import click
 from bastion.errors import KeyFileError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
+
+    from bastion.data import Dataset
 
 PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
 
@@ -38,9 +42,46 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available here")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r}: not a device name (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s) here "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def warn(text: str) -> None:
+    """A warning on stderr, shown even with --quiet and --json (stdout keeps only the JSON)."""
+    click.echo(f"warning: {text}", err=True)
+
+
+def resume_requested(resume: bool, found: bool, checkpoint: Path) -> bool:
+    """The one --resume rule (bench and train): with a checkpoint (``found`` at ``checkpoint``),
+    continue it; without one, warn on stderr (even under --quiet and --json) and start a new run.
+    Whether to resume."""
+    if resume and not found:
+        warn(f"--resume: no checkpoint at {checkpoint}; starting a new run")
+        return False
+    return resume
+
+
+def choose_samples(data: Dataset, n: int | None, default: int | None) -> Dataset:
+    """The one --n rule: ``--n N`` takes exactly the first N samples and is refused when the data
+    holds fewer (never clamped); without --n, the first ``default`` (or all, if there are fewer)."""
+    from bastion.errors import DataError
+
+    if n is None:
+        return data.take(default)
+    try:
+        return data.first(n)
+    except DataError as exc:
+        raise UsageError(f"--n: {exc}") from None
+
+
+def seed_range() -> click.IntRange:
+    """What --seed accepts: the integers torch's generators take."""
+    return click.IntRange(-(2 ** 63), 2 ** 64 - 1)
 
 
 def passphrase_for(path: str) -> Callable[[], bytes]:
@@ -84,6 +125,6 @@ weights_option = click.option("--weights", type=click.Path(dir_okay=False),
 data_option = click.option("--data", "-d", "data_ref", default="mnist", show_default=True,
                            help="mnist (bundled 1,000-image test split), digits, or a .npz/.pt file with x and y.")
 device_option = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed_option = click.option("--seed", type=seed_range(), default=0, show_default=True, help="Random seed.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.common import emit_json, json_option, quiet_option
+from bastion.cli.common import emit_json, json_option, quiet_option, resume_requested, seed_range
 from bastion.cli.progress import Progress, TrainProgress
 from bastion.errors import TrainingProcessFailed, UsageError
 
@@ -25,9 +25,10 @@ from bastion.errors import TrainingProcessFailed, UsageError
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Bundle directory to write (default: ./<architecture>-<recipe>).")
 @click.option("--name", default=None, help="Model name recorded in the bundle (default: the folder name).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/ (after a crash or kill).")
-@click.option("--epochs", type=int, default=None, help="Override the recipe's epoch count.")
-@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in <out>.ckpt/ (after a crash or kill; "
+                                            "with no checkpoint there: a warning on stderr, and a new run).")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epoch count (1 to 10,000).")
+@click.option("--seed", type=seed_range(), default=None, help="Override the recipe's seed.")
 @click.option("--nproc", type=click.IntRange(1, 1024), default=None,
               help="Train with N processes on this host (DistributedDataParallel over gloo), started by torch's "
                    "elastic launcher as `torchrun --nproc-per-node N -m bastion.train ...` would. The recipe's "
@@ -60,6 +61,9 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, npro
     from bastion.defenses.training import train as run_training
     from bastion.defenses.training.checkpoint import checkpoint_path, refuse_to_overwrite
     from bastion.defenses.training.distributed import join, launched_by_torchrun, lost_peer, per_process_batch
+    from bastion.defenses.training.trainer import check_training_inputs
+    from bastion.fsutil import check_output_dir
+    from bastion.models import ARCHITECTURES
 
     launcher_options = {"--nproc": nproc, "--nnodes": nnodes, "--rdzv-endpoint": rdzv_endpoint, "--rdzv-id": rdzv_id}
     given = [flag for flag, value in launcher_options.items() if value is not None]
@@ -68,11 +72,20 @@ def train(recipe_ref, data_ref, model_ref, out, name, resume, epochs, seed, npro
                          "leave the launcher options to torchrun")
     recipe = load_recipe(resolve("defenses", recipe_ref)).with_overrides(epochs=epochs, seed=seed)
     data = load_data(data_ref or recipe.data.dataset, "train")
-    module, architecture = _initial_model(model_ref, recipe)
+    initial, architecture = _initial_model(model_ref, recipe)
+    module = initial.module if initial is not None else None
     if architecture != recipe.model.architecture:  # --model names another architecture to train from scratch
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, architecture=architecture))
     out_dir = Path(out or f"{architecture}-{recipe.name}")
     checkpoint_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    check_output_dir(out_dir, "bundle folder")
+    check_output_dir(checkpoint_dir, "checkpoint folder")
+    # Refusals before anything is printed; train() checks the same again.
+    check_training_inputs(recipe, module if module is not None else ARCHITECTURES[architecture](
+        num_classes=data.num_classes), data)
+    if initial is not None:  # fine-tuning: the bundle records the model's classes, not the labels' count
+        data = dataclasses.replace(data, num_classes=initial.num_classes)
+    resume = resume_requested(resume, checkpoint_path(checkpoint_dir).is_file(), checkpoint_path(checkpoint_dir))
 
     if given and ((nproc or 1) * (nnodes or 1) > 1 or rdzv_endpoint):
         # Refuse here what every rank would refuse, before any process starts.
@@ -169,7 +182,7 @@ def _display_path(path: str) -> str:
 
 
 def _initial_model(model_ref: str | None, recipe):
-    """(module or None for a fresh one, architecture name) from --model."""
+    """(the bundle to fine-tune, or None for a fresh model; architecture name) from --model."""
     from bastion.models import ARCHITECTURES, load_model
     from bastion.models.bundle import BundleMeta
 
@@ -184,4 +197,4 @@ def _initial_model(model_ref: str | None, recipe):
                          f"({', '.join(ARCHITECTURES)}), a zoo name or a safetensors bundle directory")
     if meta.sanitizer:
         raise UsageError(f"--model {model_ref}: this bundle wraps the model in a sanitizer; train the bare model")
-    return loaded.module, meta.architecture
+    return loaded, meta.architecture

@@ -8,10 +8,14 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.common import (data_option, device_option, emit_json, json_option, model_option, pick_device,
-                                quiet_option, seed_option, weights_option)
+from bastion.cli.common import (choose_samples, data_option, device_option, emit_json, json_option, model_option,
+                                pick_device, quiet_option, seed_option, weights_option)
 from bastion.cli.progress import Progress
 from bastion.errors import UsageError
+
+#: Held-out samples `bastion detect` measures on without --n; samples `bastion certify` certifies without --n.
+DETECT_N = 500
+CERTIFY_N = 100
 
 
 @main.command()
@@ -35,14 +39,18 @@ def sanitize(recipe, input_path, model_ref, out, device, seed, as_json):
     """
     from bastion.defenses.sanitizer import load_sanitizer
 
+    from bastion.fsutil import check_output_dir, check_output_file
+
     if (input_path is None) == (model_ref is None):
         raise UsageError("give exactly one of --input X.npz (sanitise data) or --model M (wrap a model)")
     sanitizer = load_sanitizer(recipe)
     if model_ref is not None:
+        check_output_dir(out, "bundle folder")
         _sanitize_model(sanitizer, model_ref, out, pick_device(device), as_json)
         return
     if not out.endswith(".npz"):
         raise UsageError(f"--out {out}: the output must be a .npz file")
+    check_output_file(out, "--out file")
     _sanitize_data(sanitizer, Path(input_path), out, seed, as_json)
 
 
@@ -98,8 +106,9 @@ def _sanitize_model(sanitizer, model_ref: str, out: str, device, as_json: bool) 
 @click.option("--fpr", type=float, default=0.05, show_default=True, help="Target false-positive rate on clean data.")
 @click.option("--calib-n", type=int, default=500, show_default=True,
               help="Clean samples (the first ones of --data) used to calibrate the threshold.")
-@click.option("--n", "n", type=int, default=500, show_default=True,
-              help="Held-out samples (after the calibration ones) to measure FPR and detection on.")
+@click.option("--n", "n", type=int, default=None,
+              help=f"Held-out samples (after the calibration ones) to measure FPR and detection on: exactly this "
+                   f"many (refused if the data holds fewer). [default: {DETECT_N}, or all that remain if fewer]")
 @click.option("--bits", type=int, default=1, show_default=True, help="Bit-depth squeezer's bits.")
 @click.option("--median", type=int, default=2, show_default=True, help="Median squeezer's window size.")
 @click.option("--attack", "-a", "attack_name", help="Attack whose examples to detect (e.g. pgd).")
@@ -123,10 +132,13 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
     from bastion.defenses.detection import FeatureSqueezingDetector, evaluate_detector
     from bastion.defenses.transforms import BitDepth, MedianSmooth
     from bastion.models import load_model
+    from bastion.models.fit import check_fit
     from bastion.threat import ThreatModel
 
-    if calib_n < 2 or n < 1:
-        raise UsageError("--calib-n must be >= 2 and --n >= 1")
+    if calib_n < 2:
+        raise UsageError("--calib-n must be >= 2")
+    if n is not None and n < 1:
+        raise UsageError("--n must be >= 1")
     if (attack_name is None) != (eps is None):
         raise UsageError("--attack and --eps go together")
     squeezers = [BitDepth(bits), MedianSmooth(median)]
@@ -136,14 +148,20 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
     if len(data) <= calib_n:
         raise UsageError(f"{data.name} has {len(data)} samples: need more than --calib-n {calib_n} "
                          "(the rest are the held-out set)")
+    if n is not None and calib_n + n > len(data):
+        raise UsageError(f"--n: {data.name} holds {len(data):,} samples, {len(data) - calib_n:,} after the "
+                         f"--calib-n {calib_n:,}: fewer than the {n:,} asked for")
+    data = data.take(calib_n + (n if n is not None else DETECT_N))
+    check_fit(loaded, data)
     x, y = data.x.to(dev), data.y.to(dev)
-    held_x, held_y = x[calib_n:calib_n + n], y[calib_n:calib_n + n]
-    detector = FeatureSqueezingDetector(loaded.module, squeezers, bounds=data.bounds)
-    detector.calibrate(x[:calib_n], fpr)
+    held_x, held_y = x[calib_n:], y[calib_n:]
     attack = None
     if attack_name is not None:
         threat = ThreatModel(norm=norm, eps=eps, bounds=data.bounds)
+        threat.check_sample_shape(data.input_shape)
         attack = get_attack(attack_name)(threat, seed=seed)
+    detector = FeatureSqueezingDetector(loaded.module, squeezers, bounds=data.bounds)
+    detector.calibrate(x[:calib_n], fpr)
     report = evaluate_detector(detector, held_x, held_y, attack=attack, adaptive_steps=adaptive_steps, seed=seed)
     summary = {"model": loaded.source or loaded.name, "data": data.name, "calibration_samples": calib_n,
                "squeezers": [s.describe() for s in squeezers], **report.to_dict()}
@@ -154,7 +172,10 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
     click.echo(f"  threshold {report.threshold:.4f}: calibrated on {calib_n} clean samples of {data.name} "
                f"for a {fpr:.1%} false-positive rate")
     click.echo(f"  held-out clean samples flagged: {report.clean_fpr:.1%} of {report.n_clean} (target {fpr:.1%})")
-    if attack is not None:
+    if attack is not None and not report.n_attacked:
+        click.echo(f"  {attack_name} {norm} eps {eps:g}: not run, the model classifies none of the "
+                   f"{report.n_clean} held-out samples correctly")
+    elif attack is not None:
         click.echo(f"  {attack_name} {norm} eps {eps:g} on {report.n_attacked} correctly classified samples:")
         click.echo(f"    attack success {report.attack_success:.1%}; detected {report.detection_rate:.1%} "
                    f"of its adversarial examples; undetected successes {report.undetected_success:.1%}")
@@ -168,7 +189,9 @@ def detect(model_ref, weights, data_ref, fpr, calib_n, n, bits, median, attack_n
               help="Base model (ideally trained with Gaussian noise at --sigma): zoo name, bundle, .pt2, ...")
 @weights_option
 @data_option
-@click.option("--n", "n", type=int, default=100, show_default=True, help="Number of test samples to certify.")
+@click.option("--n", "n", type=int, default=None,
+              help=f"Number of test samples to certify: exactly this many (refused if the data holds fewer). "
+                   f"[default: {CERTIFY_N}, or all if the data holds fewer]")
 @click.option("--sigma", type=float, required=True, help="Noise standard deviation (L2 smoothing).")
 @click.option("--n0", type=int, default=100, show_default=True, help="Noise samples to pick the top class.")
 @click.option("--samples", type=int, default=1000, show_default=True,
@@ -192,19 +215,22 @@ def certify(model_ref, weights, data_ref, n, sigma, n0, samples, alpha, batch_si
     """
     from bastion.data import load_data
     from bastion.defenses.smoothing import certify as run_certify
-    from bastion.defenses.smoothing import write_certified_plot
-    from bastion.fsutil import atomic_write_text
+    from bastion.defenses.smoothing import check_settings, write_certified_plot
+    from bastion.fsutil import atomic_write_text, check_output_dir
     from bastion.models import load_model
+    from bastion.models.fit import check_fit
 
-    if n <= 0 or batch_size <= 0:
-        raise UsageError("--n and --batch-size must be positive")
+    if out:
+        check_output_dir(out, "--out folder")
     dev = pick_device(device)
     loaded = load_model(model_ref, weights=weights, device=dev, trust_code=trust_code)
-    data = load_data(data_ref, "test", bounds=loaded.bounds).take(n)
+    data = choose_samples(load_data(data_ref, "test", bounds=loaded.bounds), n, CERTIFY_N)
+    num_classes = check_fit(loaded, data)
+    check_settings(sigma=sigma, n0=n0, samples=samples, alpha=alpha, batch_size=batch_size, bounds=data.bounds)
     with Progress(enabled=not (quiet or as_json)) as progress:
         progress.start("certifying", total=len(data))
         cert = run_certify(loaded.module, data.x, sigma=sigma, n0=n0, samples=samples, alpha=alpha,
-                           num_classes=loaded.num_classes, batch_size=batch_size, seed=seed,
+                           num_classes=num_classes, batch_size=batch_size, seed=seed, bounds=data.bounds,
                            progress=progress.advance)
     summary = {"model": loaded.source or loaded.name, "data": data.name, "seed": seed, **cert.summary(data.y)}
     if out:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from bastion.cli import main
-from bastion.cli.common import emit_json, json_option
+from bastion.cli.common import emit_json, json_option, pick_device
 from bastion.errors import CheckFailed, UsageError
 
 
@@ -50,18 +50,29 @@ def serve(repository, policy_ref, host, port, audit_log, device, workers, forwar
     from bastion.access.policy_file import load_policy
     from bastion.serving.app import Gateway, GatewayConfig
 
+    from bastion.fsutil import check_output_file
+
     folder = Path(repository)
     if not folder.is_dir():
         raise UsageError(f"--repository {repository}: no such folder")
+    pick_device(device)  # a bad name is refused now, not when the first model loads
+    if audit_log != "-" and not check:
+        check_output_file(audit_log, "audit log", appends=True)
     policy = load_policy(policy_ref)
+    # Bound before anything is written (the audit log): a port in use is one line and leaves nothing.
+    sock = None if check else _bind(host, port)
     _setup_logging()
     config = GatewayConfig(repository=folder, policy=policy, audit_log=os.devnull if check else audit_log,
                            device=device, **({"workers": workers} if workers else {}))
-    gateway = Gateway(config)
+    gateway = None
     try:
+        gateway = Gateway(config)
         gateway.load_models()
     except BaseException:
-        gateway.close()
+        if gateway is not None:
+            gateway.close()
+        if sock is not None:
+            sock.close()
         raise
     rows = _rows(gateway)
     refused = [row for row in rows if not row["served"]]
@@ -72,15 +83,16 @@ def serve(repository, policy_ref, host, port, audit_log, device, workers, forwar
         if refused:
             raise click.exceptions.Exit(1)
         return
-    if policy.models is None:
-        click.echo(f"warning: {policy.source} has no [models] section, so no model is served "
-                   "(the /authz endpoint still answers)", err=True)
     if strict and refused:
         gateway.close()
+        sock.close()
         names = ", ".join(f"{r['name']}" + (f" {r['version']}" if r["version"] else "") for r in refused)
         raise CheckFailed(f"--strict: {len(refused)} model(s) refused ({names}); see the reasons above, or run "
                           "bastion serve --check")
-    sock = _bind(host, port)
+    sock.listen(2048)  # only now: until the models are loaded, connections are refused, not queued
+    if policy.models is None:
+        click.echo(f"warning: {policy.source} has no [models] section, so no model is served "
+                   "(the /authz endpoint still answers)", err=True)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     served = sum(1 for row in rows if row["served"])
@@ -111,7 +123,6 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 

@@ -160,11 +160,13 @@ def token_jwks(public_keys, rsa_alg, out) -> None:
     from bastion.access.jwks import jwks_document
     from bastion.access.keys import load_public_key
 
+    from bastion.fsutil import atomic_write_text, check_output_file
+
+    if out:
+        check_output_file(out, "--out file")
     keys = [load_public_key(path) for path in public_keys]
     document = jwks_document(keys, rsa_alg)
     if out:
-        from bastion.fsutil import atomic_write_text
-
         atomic_write_text(out, json.dumps(document, indent=2) + "\n")
         click.echo(f"wrote {len(keys)} key(s) to {out}", err=True)
         return

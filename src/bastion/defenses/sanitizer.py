@@ -4,7 +4,7 @@ A sanitiser recipe is TOML data (``defenses/sanitize-*.toml``)::
 
     name = "sanitize-bitdepth"
     description = "..."
-    [validation]            # optional; see bastion.defenses.validation
+    [validation]            # see bastion.defenses.validation; a recipe needs it, a transform, or both
     bounds = [0.0, 1.0]
     out_of_range = "clamp"  # or "reject"
     nonfinite = "reject"    # or "clamp"
@@ -141,6 +141,9 @@ def sanitizer_from_dict(raw: Any, where: str) -> Sanitizer:
     eot = adaptive.get("eot_samples", DEFAULT_EOT_SAMPLES)
     if not isinstance(eot, int) or isinstance(eot, bool) or not 1 <= eot <= 1024:
         raise ConfigError(f"{where}: adaptive.eot_samples must be an integer from 1 to 1024, got {eot!r}")
+    if not transforms and raw.get("validation") is None:
+        raise ConfigError(f"{where}: the recipe does nothing: add at least one [[transforms]] table, or a "
+                          "[validation] section (bounds, input shape, what to do with out-of-range and NaN/Inf values)")
     return Sanitizer(validator=validator, transforms=transforms, eot_samples=eot,
                      name=raw.get("name", Path(where).stem), description=raw.get("description", ""))
 

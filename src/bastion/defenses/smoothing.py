@@ -18,12 +18,15 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
+from bastion.attacks.params import MAX_BATCH_SIZE
 from bastion.errors import UsageError
 from bastion.fsutil import atomic_path
 
 ABSTAIN = -1
 #: The most noise samples a certificate may draw (``n0`` and ``samples`` each): a bound on the work.
 MAX_NOISE_SAMPLES = 1_000_000
+#: The largest noise, in units of the input range's span: beyond it every noisy copy is noise alone.
+MAX_SIGMA_SPANS = 10.0
 
 
 def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
@@ -95,9 +98,10 @@ class Certification:
 
 def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = 100, samples: int = 1000,
             alpha: float = 0.001, num_classes: int | None = None, batch_size: int = 1000,
-            seed: int = 0, progress=None) -> Certification:
-    """Cohen et al.'s CERTIFY for every input in ``x`` (N, C, H, W)."""
-    _check(sigma, n0, samples, alpha)
+            seed: int = 0, bounds: tuple[float, float] = (0.0, 1.0), progress=None) -> Certification:
+    """Cohen et al.'s CERTIFY for every input in ``x`` (N, C, H, W); ``bounds`` is the input range
+    (it bounds ``sigma``: see :func:`check_settings`)."""
+    check_settings(sigma=sigma, n0=n0, samples=samples, alpha=alpha, batch_size=batch_size, bounds=bounds)
     x, num_classes, generator = _prepare(model, x, num_classes, seed)
     predictions, radii, lowers = [], [], []
     for i in range(len(x)):
@@ -123,7 +127,7 @@ def predict_smoothed(model: nn.Module, x: torch.Tensor, *, sigma: float, samples
                      seed: int = 0) -> torch.Tensor:
     """Cohen et al.'s PREDICT: the top class, or ABSTAIN when a two-sided binomial test cannot
     tell it from the runner-up at level alpha (so a wrong answer has probability <= alpha)."""
-    _check(sigma, 1, samples, alpha)
+    check_settings(sigma=sigma, n0=1, samples=samples, alpha=alpha, batch_size=batch_size)
     x, num_classes, generator = _prepare(model, x, num_classes, seed)
     out = []
     for i in range(len(x)):
@@ -136,13 +140,21 @@ def predict_smoothed(model: nn.Module, x: torch.Tensor, *, sigma: float, samples
     return torch.tensor(out, dtype=torch.long)
 
 
-def _check(sigma: float, n0: int, samples: int, alpha: float) -> None:
-    if not sigma > 0:
-        raise UsageError(f"--sigma must be > 0, got {sigma}")
+def check_settings(*, sigma: float, n0: int, samples: int, alpha: float, batch_size: int,
+                   bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Refuse settings no certificate can use: a noise ``sigma`` that is not in
+    (0, :data:`MAX_SIGMA_SPANS` x the span of ``bounds``], noise sample counts outside 1 to
+    :data:`MAX_NOISE_SAMPLES`, ``alpha`` outside (0, 0.5), a batch size outside 1 to 100,000."""
+    top = MAX_SIGMA_SPANS * (bounds[1] - bounds[0])
+    if not (math.isfinite(sigma) and 0 < sigma <= top):
+        raise UsageError(f"--sigma must be > 0 and at most {top:g} ({MAX_SIGMA_SPANS:g} x the span of the input "
+                         f"range [{bounds[0]:g}, {bounds[1]:g}]), got {sigma}")
     if not (1 <= n0 <= MAX_NOISE_SAMPLES and 1 <= samples <= MAX_NOISE_SAMPLES):
-        raise UsageError(f"--n0 and --samples must be from 1 to {MAX_NOISE_SAMPLES:,}, got {n0} and {samples}")
+        raise UsageError(f"--n0 and --samples must be from 1 to {MAX_NOISE_SAMPLES:,}, got {n0:,} and {samples:,}")
     if not 0 < alpha < 0.5:
         raise UsageError(f"--alpha must be in (0, 0.5), got {alpha}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be from 1 to {MAX_BATCH_SIZE:,}, got {batch_size:,}")
 
 
 def _prepare(model: nn.Module, x: torch.Tensor, num_classes: int | None, seed: int):

@@ -7,26 +7,59 @@ from typing import Any
 
 from bastion.attacks.base import model_device
 from bastion.data import Dataset
-from bastion.errors import DataError, UsageError
+from bastion.errors import UsageError
 from bastion.evaluation.executors import Executor, LocalExecutor, ShardEventHook, run_sharded
 from bastion.evaluation.inputs import BenchInputs
+from bastion.evaluation.plots import PLOTS
 from bastion.evaluation.report import build_report, write_report
 from bastion.evaluation.runner import run_suite
 from bastion.evaluation.shards import DEFAULT_SHARD_SIZE, ShardCheckpoints, ShardLayout
 from bastion.evaluation.state import model_digest
 from bastion.evaluation.suite import Suite
+from bastion.fsutil import check_output_dir, check_output_file
 from bastion.models.acceleration import Acceleration
+from bastion.models.fit import check_fit
 from bastion.models.loaded import LoadedModel
 from bastion.models.preparation import prepare
 
 CHECKPOINT = "checkpoint.json"
 SHARD_CHECKPOINTS = "shards"  # one file per finished shard, in this folder of out_dir
+#: The files a run writes in its report folder.
+RUN_FILES = (CHECKPOINT, "report.json", "report.md", *PLOTS.values())
 
 
 def has_checkpoint(out_dir: str | Path, *, sharded: bool) -> bool:
     """Whether ``out_dir`` holds a checkpoint that ``resume=True`` would continue."""
     out = Path(out_dir)
     return bool(ShardCheckpoints(out / SHARD_CHECKPOINTS).files()) if sharded else (out / CHECKPOINT).exists()
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse, before the run, a report folder that cannot be made or a directory or special file
+    where one of :data:`RUN_FILES` goes (it would fail only after all the work)."""
+    check_output_dir(out, "report folder")
+    if out.is_dir():
+        for name in RUN_FILES:
+            check_output_file(out / name, "report file")
+
+
+def check_inputs(model: LoadedModel, data: Dataset, suite: Suite, *, batch_size: int | None = None,
+                 build_attacks: bool = True) -> int:
+    """Everything a benchmark can refuse before it starts, each as one line; returns the class count.
+
+    The data must fit the model (sample shape, labels: :func:`bastion.models.fit.check_fit`), the
+    suite's eps must lie within the input box of these samples, and (``build_attacks``) every
+    attack must accept the batch size. A caller that prints anything before the run (the CLI)
+    calls it first, so a refusal is the only line it prints; :func:`benchmark` checks the data
+    again and leaves the attacks to the run, which builds each with its own seed.
+    """
+    num_classes = check_fit(model, data)
+    suite.check_inputs(tuple(data.bounds), tuple(data.input_shape))
+    if build_attacks:
+        threat = suite.threat(suite.epsilons[0], tuple(data.bounds))
+        for spec in suite.attacks:
+            suite.build(spec, threat, seed=0, batch_size=batch_size)
+    return num_classes
 
 
 def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str | Path | None = None,
@@ -53,10 +86,7 @@ def benchmark(model: LoadedModel, data: Dataset, suite: Suite, *, out_dir: str |
                          "the model themselves and evaluate it in fp32 eager")
     module = model.module
     device = model_device(module)
-    if model.input_shape and tuple(data.input_shape) != tuple(model.input_shape):
-        raise DataError(f"{data.name}: samples have shape {data.input_shape}, the model expects "
-                        f"{tuple(model.input_shape)}")
-    num_classes = model.num_classes or data.num_classes
+    num_classes = check_inputs(model, data, suite, build_attacks=False)
     x = data.x.to(device)
     prepared = prepare(module, x, acceleration, batch_size=batch_size)
     # The digest names the model, not how it is evaluated: an accelerated run resumes a plain one.

@@ -20,14 +20,16 @@ import hashlib
 import math
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bastion.attacks import ATTACKS, Attack
 from bastion.catalog import resolve
 from bastion.errors import AttackError, ConfigError, ThreatModelError
+from bastion.fsutil import read_regular_file
 from bastion.threat import NORMS, ThreatModel
+from bastion.tomlfile import MAX_TOML_BYTES
 
 TOP_LEVEL_KEYS = ("name", "description", "norm", "eps", "attack")
 #: Set by the run (``--seed``), so a suite cannot pin it per attack.
@@ -54,6 +56,8 @@ class Suite:
     attacks: tuple[AttackSpec, ...]
     path: str
     digest: str  # sha256 of the file's bytes: a resumed run must use the same suite
+    #: Where the eps came from, for errors: "FILE:LINE (key 'eps')" or "--eps".
+    eps_source: str = field(default="", compare=False)
 
     def with_eps(self, eps: list[float]) -> Suite:
         """The same suite at other eps values (the CLI's --eps)."""
@@ -61,7 +65,15 @@ class Suite:
             threat = ThreatModel(norm=self.norm, eps=tuple(eps))
         except ThreatModelError as exc:
             raise ConfigError(f"--eps: {exc}") from None
-        return replace(self, epsilons=threat.epsilons)
+        return replace(self, epsilons=threat.epsilons, eps_source="--eps")
+
+    def check_inputs(self, bounds: tuple[float, float], sample_shape: tuple[int, ...]) -> None:
+        """Refuse, before anything runs, an eps beyond the input box of these samples (see
+        :func:`bastion.threat.max_eps`); the error names the suite file's line or --eps."""
+        try:
+            ThreatModel(norm=self.norm, eps=self.epsilons, bounds=bounds).check_sample_shape(sample_shape)
+        except ThreatModelError as exc:
+            raise ConfigError(f"{self.eps_source or self.path}: {exc}") from None
 
     def threat(self, eps: float, bounds: tuple[float, float]) -> ThreatModel:
         return ThreatModel(norm=self.norm, eps=eps, bounds=bounds)
@@ -83,17 +95,19 @@ class Suite:
 def load_suite(name_or_path: str | Path) -> Suite:
     """Load and validate a suite by name (``standard``) or by path."""
     path = resolve("attacks", name_or_path)
+    raw_bytes = read_regular_file(path, limit=MAX_TOML_BYTES, error=ConfigError, what="suite file")
     try:
-        raw_bytes = path.read_bytes()
         text = raw_bytes.decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; a suite is a TOML file") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}{_decode_error_line(exc)}: malformed TOML: {_decode_error_message(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
     return _validate(doc, text, path, hashlib.sha256(raw_bytes).hexdigest())
 
 
@@ -118,24 +132,43 @@ def _validate(doc: dict, text: str, path: Path, digest: str) -> Suite:
         raise ConfigError(f"{path}: no attacks: add at least one [[attack]] table with a name")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise where.error("attack", "attack must be a list of tables: write each as [[attack]] with name = ...")
-    threat = ThreatModel(norm=norm, eps=epsilons[-1])
+    # The attacks' parameters are checked against a threat model at the largest eps. The input range
+    # is known only once the data is (Suite.check_inputs then bounds the eps), so any range wide
+    # enough for that eps does here.
+    threat = ThreatModel(norm=norm, eps=epsilons[-1], bounds=(0.0, max(1.0, epsilons[-1])))
     names = [e.get("name") for e in entries]
     specs = []
     for index, entry in enumerate(entries):
         spec = _check_entry(entry, index, names, threat, where)
         specs.append(spec)
+    eps_line = where.line_of("eps", None)
     return Suite(name=name, description=description, norm=norm, epsilons=epsilons, attacks=tuple(specs),
-                 path=str(path), digest=digest)
+                 path=str(path), digest=digest,
+                 eps_source=f"{path}{f':{eps_line}' if eps_line else ''} (key 'eps')")
 
 
 def _check_eps(value: Any, where: _Locator) -> tuple[float, ...]:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise where.error("eps", "eps list is empty: give at least one eps")
+    numbers = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise where.error("eps", f"eps must be a finite number >= 0 (or a list of them), got {v!r}")
-    return tuple(sorted({float(v) for v in values}))
+        number = _as_float(v)
+        if number is None or not math.isfinite(number) or number < 0:
+            shown = f"{v!r}" if not isinstance(v, int) or abs(v) < 10 ** 20 else "an integer too large for a float"
+            raise where.error("eps", f"eps must be a finite number >= 0 (or a list of them), got {shown}")
+        numbers.append(number)
+    return tuple(sorted(set(numbers)))
+
+
+def _as_float(value: Any) -> float | None:
+    """A TOML number as a float; None for anything else (booleans included) or an integer too large."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _check_entry(entry: dict, index: int, names: list, threat: ThreatModel, where: _Locator) -> AttackSpec:

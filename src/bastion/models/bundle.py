@@ -13,6 +13,7 @@ A ``pt2`` or ``onnx`` bundle needs no architecture (its file holds the graph); i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ import tomli_w
 from safetensors.torch import save_file
 from torch import nn
 
+from bastion.data import MAX_CLASSES
 from bastion.errors import ModelError
 from bastion.fsutil import atomic_path, atomic_write_text
+from bastion.models.fit import check_declared_io
 from bastion.models.formats import build_architecture, load_onnx_file, load_program, load_safetensors_into
 from bastion.models.loaded import LoadedModel
 from bastion.models.wrappers import bundle_wrapper
@@ -81,6 +84,9 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
     unknown = set(raw) - known
     if unknown:
         raise ModelError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    problem = _meta_problem(raw)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
     try:
         meta = BundleMeta(**raw)
         meta.input_shape = [int(d) for d in meta.input_shape]
@@ -91,6 +97,31 @@ def read_meta(bundle_dir: str | Path) -> BundleMeta:
     if meta.format not in FORMATS:
         raise ModelError(f"{path}: format must be one of {', '.join(FORMATS)}, got {meta.format!r}")
     return meta
+
+
+#: The most values one sample of a bundle may have (a 4096 x 4096 RGB image is 50 million).
+MAX_INPUT_VALUES = 1 << 28
+
+
+def _meta_problem(raw: dict[str, Any]) -> str | None:
+    """What is wrong with the shape, class count and bounds a bundle declares, or None."""
+    shape = raw["input_shape"]
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        return f"input_shape must be a list of positive integers (one sample, e.g. [1, 28, 28]), got {shape!r}"
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        return f"input_shape {shape} has more than {MAX_INPUT_VALUES:,} values per sample"
+    classes = raw["num_classes"]
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
+        return f"num_classes must be an integer from 2 to {MAX_CLASSES:,}, got {classes!r}"
+    bounds = raw.get("bounds", [0.0, 1.0])
+    try:
+        lo, hi = (float(b) for b in bounds if not isinstance(b, bool))
+    except (TypeError, ValueError, OverflowError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and math.isfinite(hi - lo)):
+        return f"bounds must be two finite numbers [lo, hi] with lo < hi, got {bounds!r}"
+    return None
 
 
 #: BundleMeta fields that make the model something else; a higher layer registers their wrappers.
@@ -114,6 +145,8 @@ def load_bundle(bundle_dir: str | Path, *, trust_code: bool = False, onnx_runtim
     else:
         module = build_architecture(meta.architecture, meta.num_classes, trust_code=trust_code)
         load_safetensors_into(module, bundle / WEIGHTS_FILE)
+    # Once here, commands compare data with the declared shape alone (bastion.models.fit).
+    check_declared_io(module, tuple(meta.input_shape), meta.num_classes, tuple(meta.bounds), str(bundle / META_FILE))
     for section in WRAPPED_SECTIONS:
         value = getattr(meta, section)
         if value:

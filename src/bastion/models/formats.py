@@ -5,6 +5,11 @@ trusted, a ``package.module:factory``), safetensors weights or a ``weights_only`
 from __future__ import annotations
 
 import importlib
+import logging
+import stat
+import warnings
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,7 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bastion.errors import ModelError
+from bastion.errors import ModelError, detail
+from bastion.fsutil import file_kind
 from bastion.models.architectures import ARCHITECTURES
 from bastion.models.loaded import LoadedModel
 
@@ -46,15 +52,16 @@ def build_architecture(ref: str, num_classes: int | None, *, trust_code: bool) -
 
 def load_weights_into(module: nn.Module, path: Path) -> None:
     """Load a state dict from .safetensors, or from a pickle checkpoint with ``weights_only=True`` only."""
-    if not path.is_file():
-        raise ModelError(f"{path}: no such weights file")
+    _check_regular(path, "weights file")
     if path.suffix == ".safetensors":
         load_safetensors_into(module, path)
         return
     if path.suffix not in PICKLE_SUFFIXES:
         raise ModelError(f"{path}: weights must be .safetensors (or a .pt/.pth state dict)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on the pickle protocol: the refusal is the one line
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch refuses unsafe globals with several exception types
         raise ModelError(f"{path}: refused by torch.load(weights_only=True) ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -63,8 +70,7 @@ def load_weights_into(module: nn.Module, path: Path) -> None:
 
 
 def load_safetensors_into(module: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise ModelError(f"{path}: no such weights file")
+    _check_regular(path, "weights file")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -77,18 +83,65 @@ def _load_state(module: nn.Module, state: dict, path: Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ModelError(f"{path}: weights do not fit the architecture ({detail})") from None
+        summary = " ".join(line.strip() for line in first[:3])
+        raise ModelError(f"{path}: weights do not fit the architecture ({summary})") from None
+
+
+def _check_regular(path: Path, what: str) -> None:
+    """Refuse a missing path, a directory, a FIFO or a device before anything opens it (a FIFO would block)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"{path}: is {file_kind(mode)}, not a model {what}")
+
+
+#: torch's loggers that report (with a traceback) a file torch.export cannot read, before raising.
+_TORCH_LOAD_LOGGERS = ("torch.export", "torch._export")
 
 
 def load_program(path: Path) -> nn.Module:
-    if not path.is_file():
-        raise ModelError(f"{path}: no such file")
+    """The module of a ``torch.export`` program (a zip archive). Anything else, a pickle named
+    ``.pt2`` included, is one :class:`ModelError` line, with nothing from torch's loggers before it."""
+    path = Path(path)
+    _check_regular(path, "file")
     try:
-        program = torch.export.load(str(path))
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    if not is_zip:
+        what = "a pickle" if head[:1] == b"\x80" else "not a zip archive"
+        raise ModelError(f"{path}: not a torch.export program ({what}; a .pt2 file is the zip archive "
+                         "torch.export.save writes, and bastion never unpickles a model)")
+    try:
+        with _quiet_torch_loading():
+            program = torch.export.load(str(path))
+        return program.module()
     except Exception as exc:  # torch raises many types for a corrupt archive
-        raise ModelError(f"{path}: not a valid torch.export program ({type(exc).__name__}: {exc})") from None
-    return program.module()
+        raise ModelError(f"{path}: not a valid torch.export program ({type(exc).__name__}: "
+                         f"{detail(exc)})") from None
+
+
+@contextmanager
+def _quiet_torch_loading():
+    """Silence torch's warnings and its export loggers while it reads a file: what went wrong comes
+    back as bastion's one line, not as a logged traceback before it."""
+    loggers = [logging.getLogger(name) for name in _TORCH_LOAD_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def load_onnx_file(path: Path, runtime: bool) -> LoadedModel:

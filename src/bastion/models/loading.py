@@ -54,6 +54,7 @@ def load_model(ref: Any, *, weights: str | Path | None = None, device: str | tor
             module = build_architecture(text, None, trust_code=True)
             load_weights_into(module, Path(weights))
             loaded = LoadedModel(module=module, name=text, source=text)
+            weights = None  # used
         elif path.suffix in PICKLE_SUFFIXES:
             raise ModelError(f"{path}: a pickled checkpoint is not loaded as a model (unpickling a whole "
                              "model runs code); pass package.module:factory --weights FILE, or a .pt2")
@@ -63,6 +64,9 @@ def load_model(ref: Any, *, weights: str | Path | None = None, device: str | tor
             names = ", ".join(ZOO)
             raise ModelError(f"unknown model {text!r}: use a zoo name ({names}), a bundle directory, "
                              "a .pt2 or .onnx file, or package.module:factory with --weights")
+    if weights is not None:  # a bundle, zoo model or program carries its own: silently ignoring it would mislead
+        raise ModelError(f"--weights {weights}: only a package.module:factory reference takes a weights file; "
+                         f"{loaded.source or loaded.name} carries its own")
     set_eval(loaded.module)
     loaded.module.to(device)
     return loaded

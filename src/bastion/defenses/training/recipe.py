@@ -28,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.attacks.params import MAX_BATCH_SIZE, MAX_RESTARTS, MAX_STEPS
 from bastion.errors import ConfigError
 from bastion.tomlfile import read_toml
 
@@ -42,6 +44,10 @@ SCHEDULES = ("constant", "one-cycle", "cosine")
 KEEP = ("last", "best")
 #: Attacks the per-epoch held-out check may use (names in bastion's attack registry).
 GUARD_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr")
+#: Budget maxima, so a typo cannot run until killed (the steps and restarts are the attacks' own).
+MAX_EPOCHS = 10_000
+MAX_HOLDOUT = 1_000_000
+MAX_LR = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class RecipeInfo:
 
     def check(self) -> None:
         _require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _require(-(2 ** 63) <= self.seed < 2 ** 64, "seed",
+                 f"must be an integer torch takes as a seed, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,8 @@ class DataSection:
     holdout: int = 200  # training images kept out of training for the per-epoch robust check
 
     def check(self) -> None:
-        _require(self.holdout >= 0, "holdout", f"must be >= 0, got {self.holdout}")
+        _require(0 <= self.holdout <= MAX_HOLDOUT, "holdout",
+                 f"must be >= 0 and at most {MAX_HOLDOUT:,}, got {self.holdout}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class AttackSection:
     clip: bool = True           # fgsm-rs: project the step back into the eps ball (False = N-FGSM)
 
     def check(self) -> None:
-        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(1 <= self.steps <= MAX_STEPS, "steps", f"must be >= 1 and at most {MAX_STEPS:,}, got {self.steps}")
         _require(self.step_size > 0, "step_size", f"must be > 0, got {self.step_size}")
         _require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
 
@@ -124,11 +133,13 @@ class OptimizerSection:
         _require(self.name in OPTIMIZERS, "name", f"must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         _require(self.schedule in SCHEDULES, "schedule",
                  f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(0 < self.lr <= MAX_LR, "lr", f"must be > 0 and at most {MAX_LR:g}, got {self.lr}")
         _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(1 <= self.epochs <= MAX_EPOCHS, "epochs",
+                 f"must be >= 1 and at most {MAX_EPOCHS:,}, got {self.epochs}")
+        _require(1 <= self.batch_size <= MAX_BATCH_SIZE, "batch_size",
+                 f"must be >= 1 and at most {MAX_BATCH_SIZE:,}, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -151,8 +162,9 @@ class GuardSection:
     def check(self) -> None:
         _require(self.attack in GUARD_ATTACKS, "attack",
                  f"must be one of {', '.join(GUARD_ATTACKS)}, got {self.attack!r}")
-        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        _require(self.restarts >= 1, "restarts", f"must be >= 1, got {self.restarts}")
+        _require(1 <= self.steps <= MAX_STEPS, "steps", f"must be >= 1 and at most {MAX_STEPS:,}, got {self.steps}")
+        _require(1 <= self.restarts <= MAX_RESTARTS, "restarts",
+                 f"must be >= 1 and at most {MAX_RESTARTS:,}, got {self.restarts}")
         _require(0 <= self.collapse_drop <= 1, "collapse_drop", f"must be in [0, 1], got {self.collapse_drop}")
         _require(self.keep in KEEP, "keep", f"must be one of {', '.join(KEEP)}, got {self.keep!r}")
 
@@ -186,7 +198,8 @@ class AWPSection:
 
     def check(self) -> None:
         _require(0 <= self.gamma < 1, "gamma", f"must be in [0, 1) (0 = off), got {self.gamma}")
-        _require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        _require(0 <= self.warmup_epochs <= MAX_EPOCHS, "warmup_epochs",
+                 f"must be >= 0 and at most {MAX_EPOCHS:,}, got {self.warmup_epochs}")
 
 
 @dataclass(frozen=True)
@@ -227,8 +240,8 @@ class Recipe:
         """A copy with the command line's --epochs / --seed applied."""
         recipe = self
         if epochs is not None:
-            if epochs < 1:
-                raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+            if not 1 <= epochs <= MAX_EPOCHS:
+                raise ConfigError(f"--epochs must be >= 1 and at most {MAX_EPOCHS:,}, got {epochs:,}")
             recipe = dataclasses.replace(recipe, optimizer=dataclasses.replace(recipe.optimizer, epochs=epochs))
         if seed is not None:
             recipe = dataclasses.replace(recipe, recipe=dataclasses.replace(recipe.recipe, seed=seed))
@@ -314,7 +327,12 @@ def _coerce(value: Any, type_name: str, key: str, source: str):
     expected = {"int": int, "float": float, "bool": bool, "str": str}[type_name]
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
+        try:
+            ok, value = True, float(value)
+        except OverflowError:
+            ok = False
+    if expected is float and ok and not math.isfinite(value):
+        raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value!r}")
     if not ok:
         noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[type_name]
         raise ConfigError(f"{source}: key '{key}' must be {noun}, got {value!r}")

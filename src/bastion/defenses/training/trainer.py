@@ -43,8 +43,10 @@ from bastion.defenses.training.checkpoint import (TrainingState, load_checkpoint
 from bastion.defenses.training.distributed import BACKEND, Ranks, gradient_average, local_replica
 from bastion.defenses.training.losses import BatchLoss, objective, training_inputs
 from bastion.defenses.training.recipe import Recipe
-from bastion.errors import ConfigError, DataError
+from bastion.errors import ConfigError, DataError, ThreatModelError
 from bastion.models.architectures import ARCHITECTURES
+from bastion.models.fit import check_fit
+from bastion.models.loaded import LoadedModel
 from bastion.threat import ThreatModel
 
 
@@ -89,6 +91,7 @@ def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, chec
         torch.manual_seed(seed)
         if model is None:
             model = ARCHITECTURES[recipe.model.architecture](num_classes=data.num_classes)
+        check_training_inputs(recipe, model, data)
         for p in model.parameters():  # a bundle to fine-tune arrives frozen
             p.requires_grad_(True)
         optimizer = make_optimizer(recipe, model)
@@ -132,6 +135,17 @@ def train(recipe: Recipe, data: Dataset, *, model: nn.Module | None = None, chec
     return TrainResult(model=shipped, recipe=recipe, history=state.history, metrics=metrics,
                        events=state.events, resumed_from=resumed_from,
                        raw_model=model if average is not None else None)
+
+
+def check_training_inputs(recipe: Recipe, model: nn.Module, data: Dataset) -> None:
+    """Refuse, before the first step, data ``model`` cannot take (sample shape, labels outside its
+    classes) and a training eps beyond the input box of these samples; one line each."""
+    check_fit(LoadedModel(module=model, name=recipe.model.architecture), data)
+    try:
+        threat = ThreatModel(norm=recipe.threat.norm, eps=recipe.threat.eps, bounds=data.bounds)
+        threat.check_sample_shape(data.input_shape)
+    except ThreatModelError as exc:
+        raise ConfigError(f"{recipe.source}: key 'threat.eps': {exc}") from None
 
 
 def train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
