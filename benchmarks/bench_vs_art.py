@@ -36,7 +36,8 @@ The last line printed is one JSON object: {"ratios": {...}, "robust_accuracy": {
 and ART's AutoAttack (same budgets, and its defaults unless --skip-default; --skip-art skips
 both); on each model of --masked also the standard suite in the order the suite declares
 (the fixed order of earlier versions). A model is a model reference, or a wrapper of one:
-round:M (torch.round of the input: zero gradients, no BPDA), x1000:M (logits times 1,000:
+round:M (torch.round of the input: zero gradients, no BPDA; a binarisation that also makes
+MNIST robust), quantize:M (8-bit quantisation: zero gradients, no robustness), x1000:M (logits times 1,000:
 cross-entropy saturates), softmax:M (probabilities instead of logits). It prints a table (robust
 accuracy, the samples the fast suite and the standard suite disagree on, CPU seconds, model
 evaluations, compute floor, ratios) and a final JSON line {"ratios": {...}, "targets": {...}, ...}:
@@ -221,6 +222,19 @@ class Rounded(torch.nn.Module):
         return self.inner(torch.round(x))
 
 
+class Quantized(torch.nn.Module):
+    """8-bit quantisation of the input (round(255 x) / 255): zero gradients almost everywhere, yet no
+    robustness at all, the gradient-masking case where an attack order that trusts gradients wastes
+    the most (binarising with torch.round, by contrast, is a real defense of MNIST at eps 0.3)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 255) / 255)
+
+
 class Scaled(torch.nn.Module):
     """Logits times 1,000: cross-entropy (and its gradient) saturates on every confident sample."""
 
@@ -243,7 +257,7 @@ class Softmaxed(torch.nn.Module):
         return torch.softmax(self.inner(x), dim=1)
 
 
-WRAPPERS = {"round": Rounded, "x1000": Scaled, "softmax": Softmaxed}
+WRAPPERS = {"round": Rounded, "quantize": Quantized, "x1000": Scaled, "softmax": Softmaxed}
 
 
 def load_reference(ref: str):
