@@ -89,7 +89,9 @@ class Authorizer:
         if policy.one_time_jti:  # one-time jti values live in the shared state too, so replicas agree
             policy.replay_guard = StateReplayGuard(self.state)
         # Threads that wait on a network (the shared state's, or a key server's JWKS refetch) for the
-        # event loop; idle ones cost nothing.
+        # event loop; idle ones cost nothing. With a JWKS URL every decision hops, cached tokens too:
+        # a cache hit re-checks its key against the set, and the first check after the set's TTL
+        # refetches it in the calling thread.
         self._threads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bastion-state") \
             if self.state.blocking or policy.verifier.fetches_keys else None
 
